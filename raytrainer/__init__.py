@@ -1,0 +1,57 @@
+"""raytrainer: the Hugging Face ``Trainer`` API, run natively on Ray Train.
+
+Change ``from transformers import Trainer, TrainingArguments`` to
+``from raytrainer import Trainer, TrainingArguments``; Ray's own ``ScalingConfig`` and
+``RunConfig`` say where the loop runs.
+"""
+
+from .argparser import HfArgumentParser
+from .args import Seq2SeqTrainingArguments, TrainingArguments
+from .callbacks import (
+    CallbackHandler,
+    DefaultFlowCallback,
+    EarlyStoppingCallback,
+    PrinterCallback,
+    ProgressCallback,
+    TrainerCallback,
+)
+from .data.collators import DataCollatorWithPadding, default_data_collator
+from .enums import HubStrategy, IntervalStrategy, OptimizerNames, SaveStrategy, SchedulerType
+from .optim import get_decay_parameter_names
+from .outputs import EvalLoopOutput, EvalPrediction, PredictionOutput, TrainOutput
+from .schedules import get_scheduler
+from .seeding import enable_full_determinism, set_seed
+from .state import TrainerControl, TrainerState
+from .trainer import Trainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CallbackHandler",
+    "DataCollatorWithPadding",
+    "DefaultFlowCallback",
+    "EarlyStoppingCallback",
+    "EvalLoopOutput",
+    "EvalPrediction",
+    "HfArgumentParser",
+    "HubStrategy",
+    "IntervalStrategy",
+    "OptimizerNames",
+    "PredictionOutput",
+    "PrinterCallback",
+    "ProgressCallback",
+    "SaveStrategy",
+    "SchedulerType",
+    "Seq2SeqTrainingArguments",
+    "TrainOutput",
+    "Trainer",
+    "TrainerCallback",
+    "TrainerControl",
+    "TrainerState",
+    "TrainingArguments",
+    "default_data_collator",
+    "enable_full_determinism",
+    "get_decay_parameter_names",
+    "get_scheduler",
+    "set_seed",
+]

@@ -1,0 +1,38 @@
+"""Callbacks: the protocol, the handler that dispatches events, and the built-in callbacks."""
+
+from raytrainer.callbacks.base import CallbackHandler, TrainerCallback
+from raytrainer.callbacks.early_stopping import EarlyStoppingCallback
+from raytrainer.callbacks.flow import (
+    DefaultFlowCallback,
+    EpochDecisions,
+    StepDecisions,
+    epoch_end_decisions,
+    step_end_decisions,
+)
+from raytrainer.callbacks.progress import (
+    PrinterCallback,
+    ProgressCallback,
+    format_logs,
+    progress_callback_class,
+)
+
+# What every Trainer installs before the user's callbacks, as in Hugging Face's Trainer.
+DEFAULT_CALLBACKS = [DefaultFlowCallback]
+DEFAULT_PROGRESS_CALLBACK = ProgressCallback
+
+__all__ = [
+    "CallbackHandler",
+    "DEFAULT_CALLBACKS",
+    "DEFAULT_PROGRESS_CALLBACK",
+    "DefaultFlowCallback",
+    "EarlyStoppingCallback",
+    "EpochDecisions",
+    "PrinterCallback",
+    "ProgressCallback",
+    "StepDecisions",
+    "TrainerCallback",
+    "epoch_end_decisions",
+    "format_logs",
+    "progress_callback_class",
+    "step_end_decisions",
+]

@@ -1,0 +1,146 @@
+"""The evaluation/prediction loop and the default ``prediction_step``."""
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from ..outputs import EvalLoopOutput, EvalPrediction, denumpify_detensorize
+from ..modeling import unwrap_model
+from .nested import EvalLoopContainer, find_batch_size, nested_detach
+from .precision import choose_precision
+
+
+def run_prediction_step(trainer, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+    """``(loss, logits, labels)`` for one batch. The loss is computed when every label is present
+    (or the model can return a loss without labels); logits are every output but the loss and
+    ``ignore_keys``."""
+    label_names = trainer.label_names
+    has_labels = bool(label_names) and all(inputs.get(name) is not None for name in label_names)
+    return_loss = inputs.get("return_loss")
+    if return_loss is None:
+        return_loss = trainer.can_return_loss
+    loss_without_labels = not label_names and bool(return_loss)
+    inputs = trainer._prepare_inputs(inputs)
+    if ignore_keys is None:
+        config = getattr(unwrap_model(model), "config", None)
+        ignore_keys = list(getattr(config, "keys_to_ignore_at_inference", []) or [])
+    labels = None
+    if has_labels or loss_without_labels:
+        labels = nested_detach(tuple(inputs.get(name) for name in label_names))
+        labels = labels[0] if len(labels) == 1 else labels
+    with torch.no_grad():
+        if has_labels or loss_without_labels:
+            with trainer.compute_loss_context_manager():
+                loss, outputs = trainer.compute_loss(model, inputs, return_outputs=True)
+            loss = loss.detach().mean()
+            logits = _logits_of(outputs, ignore_keys + ["loss"], skip_first=True)
+        else:
+            loss = None
+            with trainer.compute_loss_context_manager():
+                outputs = model(**inputs)
+            logits = _logits_of(outputs, ignore_keys, skip_first=False)
+            if trainer.args.past_index >= 0:
+                trainer._past = outputs[trainer.args.past_index - 1]
+    if prediction_loss_only:
+        return loss, None, None
+    logits = nested_detach(logits)
+    if isinstance(logits, (tuple, list)) and len(logits) == 1:
+        logits = logits[0]
+    return loss, logits, labels
+
+
+def _logits_of(outputs, ignore_keys, skip_first: bool):
+    if isinstance(outputs, Mapping):
+        return tuple(v for k, v in outputs.items() if k not in ignore_keys)
+    if isinstance(outputs, (tuple, list)):
+        return tuple(outputs[1:] if skip_first else outputs)
+    return outputs
+
+
+def run_evaluation_loop(trainer, dataloader, description, prediction_loss_only, ignore_keys, prefix):
+    args = trainer.args
+    if prediction_loss_only is None:
+        prediction_loss_only = args.prediction_loss_only
+    model = trainer.model_wrapped if trainer.is_in_train else trainer.model
+    if not trainer.is_in_train:
+        model.to(args.device)
+    precision_before = trainer._precision
+    if not trainer.is_in_train:
+        trainer._precision = choose_precision(args, args.device, training=False)
+    batch_size = dataloader.batch_size
+    model.eval()
+    trainer.callback_handler.eval_dataloader = dataloader
+    if args.past_index >= 0:
+        trainer._past = None
+    concat, pad = args.eval_do_concat_batches, -100
+    losses, preds, labels_store, inputs_store = (EvalLoopContainer(concat, pad) for _ in range(4))
+    wants_inputs = "inputs" in (args.include_for_metrics or [])
+    wants_losses = "loss" in (args.include_for_metrics or [])
+    metrics, observed = None, 0
+    num_batches = len(dataloader) if hasattr(dataloader, "__len__") else None
+    try:
+        for step, inputs in enumerate(dataloader):
+            observed_batch = find_batch_size(inputs)
+            if observed_batch is not None:
+                observed += observed_batch
+                batch_size = batch_size or observed_batch
+            loss, logits, labels = trainer.prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+            main_input = getattr(unwrap_model(model), "main_input_name", "input_ids")
+            batch_inputs = inputs.get(main_input) if wants_inputs and isinstance(inputs, Mapping) else None
+            if loss is not None:
+                losses.add(loss.repeat(observed_batch or batch_size or 1))
+            if batch_inputs is not None:
+                inputs_store.add(batch_inputs)
+            if logits is not None and trainer.preprocess_logits_for_metrics is not None:
+                logits = trainer.preprocess_logits_for_metrics(logits, labels)
+            if logits is not None:
+                preds.add(logits)
+            if labels is not None:
+                labels_store.add(labels)
+            trainer.control = trainer.callback_handler.on_prediction_step(args, trainer.state, trainer.control)
+            if args.batch_eval_metrics:
+                if trainer.compute_metrics is not None and logits is not None and labels is not None:
+                    is_last = num_batches is not None and step == num_batches - 1
+                    metrics = trainer.compute_metrics(
+                        EvalPrediction(logits, labels, inputs=inputs if wants_inputs else None,
+                                       losses=loss if wants_losses else None),
+                        compute_result=is_last,
+                    )
+                for store in (losses, preds, labels_store, inputs_store):
+                    store.tensors = None  # keep nothing: the metric function accumulated it
+            elif args.eval_accumulation_steps is not None and (step + 1) % args.eval_accumulation_steps == 0:
+                for store in (losses, preds, labels_store, inputs_store):
+                    store.to_cpu_and_numpy()
+    finally:
+        trainer._precision = precision_before
+    if args.past_index >= 0:
+        trainer._past = None
+    all_losses, all_preds, all_labels, all_inputs = (s.get_arrays() for s in (losses, preds, labels_store, inputs_store))
+    num_samples = _count_samples(dataloader, observed)
+    if trainer.compute_metrics is not None and all_preds is not None and all_labels is not None and not args.batch_eval_metrics:
+        metrics = trainer.compute_metrics(EvalPrediction(
+            all_preds, all_labels,
+            inputs=all_inputs if wants_inputs else None,
+            losses=all_losses if wants_losses else None,
+        ))
+    metrics = denumpify_detensorize(dict(metrics or {}))
+    if isinstance(all_losses, list) and all_losses:
+        metrics[f"{prefix}_loss"] = np.concatenate(all_losses).mean().item()
+    elif isinstance(all_losses, np.ndarray):
+        metrics[f"{prefix}_loss"] = all_losses.mean().item()
+    for key in list(metrics):
+        if not key.startswith(f"{prefix}_"):
+            metrics[f"{prefix}_{key}"] = metrics.pop(key)
+    return EvalLoopOutput(predictions=all_preds, label_ids=all_labels, metrics=metrics, num_samples=num_samples)
+
+
+def _count_samples(dataloader, observed: int) -> int:
+    dataset = getattr(dataloader, "dataset", None)
+    try:
+        count = len(dataset)
+    except TypeError:
+        count = 0
+    if count == 0 and observed > 0:
+        return observed
+    return count

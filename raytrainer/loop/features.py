@@ -1,0 +1,47 @@
+"""Model preparation for a training run: device placement, gradient checkpointing, NEFTune noise
+and ``torch.compile``. ``trainer.model`` always stays the user's module; the loop trains
+``trainer.model_wrapped``, which may be a compiled (or, on workers, DDP) wrapper around it."""
+
+import torch
+
+from ..modeling import unwrap_model
+
+
+def prepare_model_for_training(trainer):
+    args = trainer.args
+    model = trainer.model
+    if trainer.place_model_on_device:
+        model.to(args.device)
+    if args.gradient_checkpointing:
+        kwargs = args.gradient_checkpointing_kwargs or {"use_reentrant": True}
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if args.neftune_noise_alpha is not None:
+        trainer._neftune_hook = _attach_neftune(model, args.neftune_noise_alpha)
+    wrapped = model
+    if args.torch_compile:
+        wrapped = torch.compile(model, backend=args.torch_compile_backend or "inductor",
+                                mode=args.torch_compile_mode)
+    trainer.model_wrapped = wrapped
+    return wrapped
+
+
+def release_training_features(trainer) -> None:
+    """Undo what must not outlive training: NEFTune noise would otherwise leak into inference."""
+    hook = getattr(trainer, "_neftune_hook", None)
+    if hook is not None:
+        hook.remove()
+        trainer._neftune_hook = None
+
+
+def _attach_neftune(model, alpha: float):
+    """NEFTune (Jain et al., 2023): uniform noise of scale alpha / sqrt(seq_len * dim) added to the
+    input embeddings during training only."""
+    embeddings = unwrap_model(model).get_input_embeddings()
+
+    def add_noise(module, inputs, output):
+        if not module.training:
+            return output
+        scale = alpha / torch.sqrt(torch.tensor(output.size(1) * output.size(2), dtype=output.dtype))
+        return output + torch.zeros_like(output).uniform_(-1, 1) * scale.to(output.device)
+
+    return embeddings.register_forward_hook(add_noise)

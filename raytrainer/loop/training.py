@@ -1,0 +1,268 @@
+"""The training loop, run on each Ray Train worker (or in-process in local mode).
+
+Reads top to bottom: plan the run, set up model/optimizer/callbacks, then epochs of optimizer
+steps, each made of one accumulation window of micro-batches. Host-device syncs happen only where
+marked ``# sync``: on log steps, and when a NaN/Inf filter or a scalar learning rate needs a value.
+"""
+
+import time
+from typing import Optional
+
+import torch
+
+from .. import checkpoint as _checkpoint
+from ..data.loaders import has_length, set_dataloader_epoch
+from ..enums import SaveStrategy, SchedulerType
+from ..outputs import TrainOutput, speed_metrics
+from ..state import TrainerState
+from .features import prepare_model_for_training, release_training_features
+from .plan import accumulation_windows, plan_training
+from .precision import choose_precision
+
+
+def fetch_batches(trainer, epoch_iterator, num_batches: int, device=None):
+    """Take up to ``num_batches`` micro-batches, and count the label tokens across them when the
+    loss wants ``num_items_in_batch`` (a token-level loss normalised over the whole window)."""
+    batches = []
+    for _ in range(num_batches):
+        try:
+            batches.append(next(epoch_iterator))
+        except StopIteration:
+            break
+    count = None
+    wants_count = trainer.model_accepts_loss_kwargs or trainer.compute_loss_func is not None
+    if wants_count and batches and isinstance(batches[0], dict) and "labels" in batches[0]:
+        count = sum(batch["labels"].ne(-100).sum() for batch in batches)
+        if trainer.args.average_tokens_across_devices and trainer.args.world_size > 1:
+            count = _all_reduce_sum(count.to(trainer.args.device))
+        count = count.to(device or trainer.args.device)
+    return batches, count
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+class TrainingLoop:
+    """One call of ``Trainer.train()`` on one worker. Mutable loop state lives in ``trainer.state``
+    and ``trainer.control``; the running loss sum is the only other accumulator."""
+
+    def __init__(self, trainer, resume_from_checkpoint: Optional[str], trial, ignore_keys_for_eval):
+        self.trainer = trainer
+        self.args = trainer.args
+        self.resume_from_checkpoint = resume_from_checkpoint
+        self.trial = trial
+        self.ignore_keys_for_eval = ignore_keys_for_eval
+        self.tr_loss = None  # device tensor; summed every micro-step, read on log steps only
+        self.total_loss_scalar = 0.0
+        self.globalstep_last_logged = 0
+        self.grad_norm = None
+
+    # ------------------------------------------------------------------ set-up
+    def run(self) -> TrainOutput:
+        trainer, args = self.trainer, self.args
+        trainer.is_in_train = True
+        dataloader = trainer.get_train_dataloader()
+        batches_per_epoch = len(dataloader) if has_length(dataloader) else None
+        plan = plan_training(
+            batches_per_epoch=batches_per_epoch,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            max_steps=args.max_steps,
+            num_train_epochs=args.num_train_epochs,
+            total_train_batch_size=trainer.get_total_train_batch_size(args),
+            dataset_size=trainer.num_examples(dataloader) if batches_per_epoch is not None else None,
+        )
+        trainer.state = self._fresh_state(plan)
+        trainer._precision = choose_precision(args, args.device, training=True)
+        trainer.scaler = trainer._precision.scaler
+        model = prepare_model_for_training(trainer)
+        trainer.create_optimizer_and_scheduler(num_training_steps=plan.max_steps)
+        epochs_trained, batches_to_skip = 0, 0
+        if self.resume_from_checkpoint is not None:
+            epochs_trained, batches_to_skip = _checkpoint.restore_training_state(
+                trainer, self.resume_from_checkpoint, plan)
+            self.globalstep_last_logged = trainer.state.global_step
+        handler = trainer.callback_handler
+        handler.model, handler.optimizer, handler.lr_scheduler = trainer.model, trainer.optimizer, trainer.lr_scheduler
+        handler.train_dataloader = dataloader
+        trainer.state.is_local_process_zero = trainer.is_local_process_zero()
+        trainer.state.is_world_process_zero = trainer.is_world_process_zero()
+        start_time = time.time()
+        trainer.control = handler.on_train_begin(args, trainer.state, trainer.control)
+        if args.eval_on_start:
+            self._evaluate(skip_scheduler=True)
+        self.tr_loss = torch.zeros((), device=args.device)
+        model.zero_grad()
+        try:
+            self._run_epochs(model, dataloader, plan, epochs_trained, batches_to_skip, start_time)
+        finally:
+            release_training_features(trainer)
+        return self._finish(plan, start_time)
+
+    def _fresh_state(self, plan) -> TrainerState:
+        trainer = self.trainer
+        state = TrainerState(
+            max_steps=plan.max_steps,
+            num_train_epochs=plan.num_train_epochs,
+            train_batch_size=trainer._train_batch_size,
+            is_hyper_param_search=self.trial is not None,
+            stateful_callbacks=trainer.state.stateful_callbacks,
+        )
+        state.epoch = 0.0
+        state.compute_steps(self.args, plan.max_steps)
+        return state
+
+    # ------------------------------------------------------------------ epochs and steps
+    def _run_epochs(self, model, dataloader, plan, epochs_trained, batches_to_skip, start_time):
+        trainer, args = self.trainer, self.args
+        for epoch in range(epochs_trained, plan.num_train_epochs):
+            set_dataloader_epoch(dataloader, epoch)
+            steps_in_epoch = plan.batches_per_epoch or args.max_steps * args.gradient_accumulation_steps
+            trainer.control = trainer.callback_handler.on_epoch_begin(args, trainer.state, trainer.control)
+            iterator = iter(dataloader)
+            skipped = _skip_batches(iterator, batches_to_skip if epoch == epochs_trained else 0)
+            step = skipped - 1
+            for window in accumulation_windows(steps_in_epoch - skipped, args.gradient_accumulation_steps):
+                batches, num_items = trainer.get_batch_samples(iterator, window, args.device)
+                if not batches:
+                    break
+                for index, inputs in enumerate(batches):
+                    step += 1
+                    is_last_in_window = index == len(batches) - 1
+                    if index == 0:
+                        trainer.control = trainer.callback_handler.on_step_begin(args, trainer.state, trainer.control)
+                    self._micro_step(model, inputs, num_items, sync_gradients=is_last_in_window)
+                    if is_last_in_window:
+                        self._optimizer_step(model)
+                        trainer.state.epoch = epoch + (step + 1) / steps_in_epoch
+                        trainer.control = trainer.callback_handler.on_step_end(args, trainer.state, trainer.control)
+                        self._maybe_log_save_evaluate(model, start_time)
+                    else:
+                        trainer.control = trainer.callback_handler.on_substep_end(args, trainer.state, trainer.control)
+                    if trainer.control.should_epoch_stop or trainer.control.should_training_stop:
+                        break
+                if trainer.control.should_epoch_stop or trainer.control.should_training_stop:
+                    break
+            if step < 0:  # the dataloader gave nothing: stop rather than loop over empty epochs
+                trainer.control.should_training_stop = True
+            trainer.control = trainer.callback_handler.on_epoch_end(args, trainer.state, trainer.control)
+            self._maybe_log_save_evaluate(model, start_time)
+            if trainer.control.should_training_stop:
+                break
+
+    def _micro_step(self, model, inputs, num_items, sync_gradients: bool):
+        trainer, args = self.trainer, self.args
+        if args.include_num_input_tokens_seen:
+            main_input = getattr(trainer.model, "main_input_name", "input_ids")
+            if isinstance(inputs, dict) and main_input in inputs:
+                trainer.state.num_input_tokens_seen += inputs[main_input].numel()
+        no_sync = getattr(model, "no_sync", None)
+        if no_sync is not None and not sync_gradients:
+            with no_sync():  # DDP: all-reduce once per window, on its last micro-batch
+                loss = trainer.training_step(model, inputs, num_items)
+        else:
+            loss = trainer.training_step(model, inputs, num_items)
+        if args.logging_nan_inf_filter:
+            # a non-finite loss is logged as the running mean so one bad batch does not poison the
+            # log; torch.where keeps this on the device (no sync)
+            running_mean = self.tr_loss / (1 + trainer.state.global_step - self.globalstep_last_logged)
+            loss = torch.where(torch.isfinite(loss), loss, running_mean)
+        self.tr_loss = self.tr_loss + loss
+        trainer.current_flos += float(trainer.floating_point_ops(inputs))
+
+    def _optimizer_step(self, model):
+        trainer, args = self.trainer, self.args
+        scaler = trainer.scaler
+        if args.max_grad_norm is not None and args.max_grad_norm > 0:
+            if scaler is not None:
+                scaler.unscale_(trainer.optimizer)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        trainer.control = trainer.callback_handler.on_pre_optimizer_step(args, trainer.state, trainer.control)
+        if scaler is not None:
+            scaler.step(trainer.optimizer)
+            scaler.update()
+        else:
+            trainer.optimizer.step()
+        trainer.control = trainer.callback_handler.on_optimizer_step(args, trainer.state, trainer.control)
+        if args.lr_scheduler_type != SchedulerType.REDUCE_ON_PLATEAU:
+            trainer.lr_scheduler.step()
+        model.zero_grad(set_to_none=True)
+        trainer.state.global_step += 1
+
+    # ------------------------------------------------------------------ log, evaluate, save
+    def _maybe_log_save_evaluate(self, model, start_time):
+        trainer, control, state = self.trainer, self.trainer.control, self.trainer.state
+        if control.should_log and state.global_step > self.globalstep_last_logged:
+            self._log_training_loss(start_time)
+        if control.should_evaluate:
+            metrics = self._evaluate()
+            is_new_best = _checkpoint.update_best_metric(trainer, metrics)
+            if self.args.save_strategy == SaveStrategy.BEST:
+                trainer.control.should_save = is_new_best
+        if trainer.control.should_save:
+            _checkpoint.save_checkpoint(trainer, model, self.trial)
+            trainer.control = trainer.callback_handler.on_save(self.args, trainer.state, trainer.control)
+
+    def _log_training_loss(self, start_time):
+        trainer, state = self.trainer, self.trainer.state
+        loss_sum = self._gathered_mean(self.tr_loss).item()  # sync: log steps only
+        self.tr_loss = torch.zeros_like(self.tr_loss)
+        logs = {"loss": round(loss_sum / (state.global_step - self.globalstep_last_logged), 4)}
+        if self.grad_norm is not None:
+            logs["grad_norm"] = self.grad_norm.item() if torch.is_tensor(self.grad_norm) else self.grad_norm
+        logs["learning_rate"] = trainer._get_learning_rate()
+        self.total_loss_scalar += loss_sum
+        self.globalstep_last_logged = state.global_step
+        trainer.store_flos()
+        trainer.log(logs, start_time)
+
+    def _gathered_mean(self, tensor):
+        if self.args.world_size > 1 and torch.distributed.is_initialized():
+            tensor = tensor.detach().clone()
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+            return tensor / self.args.world_size
+        return tensor
+
+    def _evaluate(self, skip_scheduler: bool = False) -> dict:
+        trainer = self.trainer
+        metrics = trainer.evaluate(ignore_keys=self.ignore_keys_for_eval)
+        if self.trial is not None:
+            report = getattr(trainer, "_report_to_hp_search", None)
+            if report is not None:
+                report(self.trial, trainer.state.global_step, metrics)
+        if self.args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU and not skip_scheduler:
+            name = self.args.metric_for_best_model or "loss"
+            name = name if name.startswith("eval_") else f"eval_{name}"
+            trainer.lr_scheduler.step(_checkpoint.read_metric(metrics, name))
+        return metrics
+
+    # ------------------------------------------------------------------ the end
+    def _finish(self, plan, start_time) -> TrainOutput:
+        trainer, args, state = self.trainer, self.args, self.trainer.state
+        if args.load_best_model_at_end and state.best_model_checkpoint is not None:
+            _checkpoint.load_best_model(trainer)
+        self.total_loss_scalar += self._gathered_mean(self.tr_loss).item()  # sync: once, at the end
+        train_loss = self.total_loss_scalar / max(state.global_step, 0.001)
+        metrics = speed_metrics("train", start_time, num_samples=plan.num_train_samples, num_steps=plan.max_steps)
+        trainer.store_flos()
+        metrics["total_flos"] = state.total_flos
+        metrics["train_loss"] = train_loss
+        trainer.is_in_train = False
+        trainer.log(dict(metrics))
+        _checkpoint.rotate_after_training(trainer)
+        trainer.control = trainer.callback_handler.on_train_end(args, state, trainer.control)
+        return TrainOutput(state.global_step, train_loss, metrics)
+
+
+def _skip_batches(iterator, count: int) -> int:
+    """Consume ``count`` batches of a resumed epoch; returns how many were really there."""
+    skipped = 0
+    for _ in range(count):
+        try:
+            next(iterator)
+        except StopIteration:
+            break
+        skipped += 1
+    return skipped
+

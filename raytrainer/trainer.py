@@ -1,0 +1,490 @@
+"""The ``Trainer`` facade: HF's constructor and override points, each a short delegation.
+
+The loop itself lives in ``raytrainer.loop``; where it runs (in this process, or on Ray workers) is
+decided by ``raytrainer.runtime``. Every method here that a user may override keeps HF's signature,
+and the loop calls it through the Trainer, so a subclass's version is the one that runs.
+"""
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from . import checkpoint as _checkpoint
+from . import optim as _optim
+from . import reporting
+from . import schedules
+from ._trainer_setup import (
+    build_callback_handler,
+    default_collator,
+    probe_model_returns_loss,
+    validate_trainer_inputs,
+)
+from .args import TrainingArguments
+from .callbacks import TrainerCallback
+from .data.columns import RemoveColumnsCollator, remove_unused_hf_columns, signature_columns
+from .data.loaders import build_eval_dataloader, build_train_dataloader
+from .enums import SchedulerType
+from .loop.evaluation import run_evaluation_loop, run_prediction_step
+from .loop.losses import LabelSmoother, loss_from_outputs
+from .loop.nested import move_to_device
+from .loop.precision import choose_precision
+from .modeling import count_parameters, inspect_model, unwrap_model
+from .outputs import PredictionOutput, speed_metrics
+from .seeding import enable_full_determinism, set_seed
+from .state import TrainerControl, TrainerState
+
+logger = logging.getLogger("raytrainer")
+
+
+class Trainer:
+    """A training and evaluation loop for PyTorch models with the HF ``Trainer`` API, run by Ray Train.
+
+    Arguments are those of ``transformers.Trainer`` plus Ray's own configuration objects:
+
+    - ``scaling_config`` (``ray.train.ScalingConfig``): how many Ray Train workers run the loop.
+      ``ScalingConfig(num_workers=0)`` (the default) runs it in this process (Ray Train local mode),
+      with the very model, datasets and callbacks passed here.
+    - ``run_config`` (``ray.train.RunConfig``): experiment name, storage and failure handling.
+
+    Every argument is validated here, before any training starts.
+    """
+
+    def __init__(
+        self,
+        model: Optional[nn.Module] = None,
+        args: Optional[TrainingArguments] = None,
+        data_collator: Optional[Callable] = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        model_init: Optional[Callable] = None,
+        compute_loss_func: Optional[Callable] = None,
+        compute_metrics: Optional[Callable] = None,
+        callbacks: Optional[list] = None,
+        optimizers: tuple = (None, None),
+        optimizer_cls_and_kwargs: Optional[tuple] = None,
+        preprocess_logits_for_metrics: Optional[Callable] = None,
+        *,
+        scaling_config=None,
+        run_config=None,
+    ):
+        if args is None:
+            args = TrainingArguments(output_dir="tmp_trainer")
+        self.args = args
+        self.model_init = model_init
+        self.hp_name = None
+        self.is_in_train = False
+        if args.full_determinism:
+            enable_full_determinism(args.seed)
+        else:
+            set_seed(args.seed)
+        if model is None and model_init is not None:
+            model = self.call_model_init()
+        self.model = model
+        self.model_wrapped = model
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
+        self.processing_class = processing_class
+        self.data_collator = data_collator if data_collator is not None else default_collator(processing_class)
+        self.compute_loss_func = compute_loss_func
+        self.compute_metrics = compute_metrics
+        self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
+        self.optimizer, self.lr_scheduler = optimizers
+        self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
+        self.scaling_config = scaling_config
+        self.run_config = run_config
+        validate_trainer_inputs(self, optimizers=optimizers, callbacks=callbacks)
+
+        self._signature = inspect_model(model)
+        self.model_accepts_loss_kwargs = self._signature.accepts_loss_kwargs
+        self.can_return_loss = self._signature.can_return_loss
+        self.label_names = list(args.label_names) if args.label_names is not None else list(self._signature.label_names)
+        self.label_smoother = LabelSmoother(args.label_smoothing_factor) if args.label_smoothing_factor else None
+        self.is_model_parallel = False
+        self.place_model_on_device = args.place_model_on_device
+        self.neftune_noise_alpha = args.neftune_noise_alpha
+        self.scaler = None
+        self._past = None
+        self.current_flos = 0
+        self._precision = None
+
+        self.state = TrainerState(
+            is_local_process_zero=self.is_local_process_zero(),
+            is_world_process_zero=self.is_world_process_zero(),
+        )
+        self.control = TrainerControl()
+        self.callback_handler = build_callback_handler(self, callbacks)
+        probe_model_returns_loss(self)
+        self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
+
+    # ------------------------------------------------------------------ model_init and train
+    def call_model_init(self, trial=None) -> nn.Module:
+        """Build a fresh model with ``model_init``, passing the trial when it takes one argument."""
+        import inspect
+
+        arity = len(inspect.signature(self.model_init).parameters)
+        if arity == 0:
+            model = self.model_init()
+        elif arity == 1:
+            model = self.model_init(trial)
+        else:
+            raise ValueError("model_init must take no argument or a single argument (the trial).")
+        if model is None:
+            raise ValueError("model_init returned None; it must return an nn.Module.")
+        return model
+
+    def train(self, resume_from_checkpoint: Union[str, bool, None] = None, trial=None,
+              ignore_keys_for_eval: Optional[list] = None, **kwargs):
+        """Run the training loop through Ray Train and return a ``TrainOutput``.
+
+        ``resume_from_checkpoint`` is a checkpoint folder, or True for the latest one in
+        ``output_dir``. With ``model_init``, every call starts from a freshly built model.
+        """
+        from .runtime.driver import run_training
+
+        if kwargs:
+            raise TypeError(f"train() got unexpected keyword arguments: {', '.join(sorted(kwargs))}.")
+        if resume_from_checkpoint is False:
+            resume_from_checkpoint = None
+        if resume_from_checkpoint is not None:
+            resume_from_checkpoint = _checkpoint.resolve_resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
+        if self.model_init is not None:
+            if self.args.full_determinism:
+                enable_full_determinism(self.args.seed)
+            else:
+                set_seed(self.args.seed)
+            self.model = self.model_wrapped = self.call_model_init(trial)
+            self.optimizer, self.lr_scheduler = None, None
+        return run_training(self, resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                            ignore_keys_for_eval=ignore_keys_for_eval)
+
+    # ------------------------------------------------------------------ data
+    def _remove_unused_columns(self, dataset, description: str):
+        if not self.args.remove_unused_columns:
+            return dataset
+        columns = signature_columns(self.model, self.label_names)
+        if columns is None:
+            return dataset
+        return remove_unused_hf_columns(dataset, columns, description)
+
+    def _collator_for(self, dataset, description: str):
+        collator = self.data_collator
+        if self.args.remove_unused_columns and not hasattr(dataset, "column_names"):
+            columns = signature_columns(self.model, self.label_names)
+            if columns is not None:
+                collator = RemoveColumnsCollator(collator, columns, description=description)
+        return collator
+
+    def _loader_options(self) -> dict:
+        return dict(
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory and self.args.device.type == "cuda",
+            persistent_workers=self.args.dataloader_persistent_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
+        )
+
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        """The training dataloader: a seeded per-epoch shuffle, sharded across Ray workers."""
+        if self.train_dataset is None:
+            raise ValueError("Trainer: training requires a train_dataset.")
+        dataset = self._remove_unused_columns(self.train_dataset, "training")
+        lengths = None
+        if self.args.group_by_length and hasattr(dataset, "column_names") and self.args.length_column_name in dataset.column_names:
+            lengths = list(dataset[self.args.length_column_name])
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return build_train_dataloader(
+            dataset, self._collator_for(dataset, "training"), self._train_batch_size,
+            seed=seed, world_size=self.args.world_size, rank=self.args.process_index,
+            drop_last=self.args.dataloader_drop_last, group_by_length=self.args.group_by_length,
+            lengths=lengths, **self._loader_options(),
+        )
+
+    def _eval_loader(self, dataset, description: str):
+        dataset = self._remove_unused_columns(dataset, description)
+        return build_eval_dataloader(
+            dataset, self._collator_for(dataset, description), self.args.eval_batch_size,
+            world_size=self.args.world_size, rank=self.args.process_index, **self._loader_options(),
+        )
+
+    def get_eval_dataloader(self, eval_dataset=None) -> torch.utils.data.DataLoader:
+        """The evaluation dataloader: sequential, every example exactly once across workers."""
+        if eval_dataset is None and self.eval_dataset is None:
+            raise ValueError("Trainer: evaluation requires an eval_dataset.")
+        if isinstance(eval_dataset, str):
+            eval_dataset = self.eval_dataset[eval_dataset]
+        return self._eval_loader(eval_dataset if eval_dataset is not None else self.eval_dataset, "evaluation")
+
+    def get_test_dataloader(self, test_dataset) -> torch.utils.data.DataLoader:
+        return self._eval_loader(test_dataset, "test")
+
+    @property
+    def _train_batch_size(self) -> int:
+        return self.args.train_batch_size
+
+    def num_examples(self, dataloader) -> int:
+        """Examples in a dataloader's dataset, or batches x batch size when it has no length."""
+        try:
+            return len(dataloader.dataset)
+        except (NameError, AttributeError, TypeError):
+            return len(dataloader) * self.args.per_device_train_batch_size
+
+    def get_total_train_batch_size(self, args) -> int:
+        return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+
+    # ------------------------------------------------------------------ optimizer and scheduler
+    def create_optimizer(self):
+        if self.optimizer is None:
+            self.optimizer = _optim.create_optimizer(
+                self.model, self.args, optimizer_cls_and_kwargs=self.optimizer_cls_and_kwargs,
+            )
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            self.lr_scheduler = schedules.get_scheduler(
+                self.args.lr_scheduler_type,
+                optimizer=optimizer if optimizer is not None else self.optimizer,
+                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
+                num_training_steps=num_training_steps,
+                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+            )
+        return self.lr_scheduler
+
+    def create_optimizer_and_scheduler(self, num_training_steps: int):
+        self.create_optimizer()
+        self.create_scheduler(num_training_steps=num_training_steps, optimizer=self.optimizer)
+
+    def get_decay_parameter_names(self, model) -> list:
+        return _optim.get_decay_parameter_names(model)
+
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args, model=None):
+        return _optim.get_optimizer_cls_and_kwargs(args, model)
+
+    def get_learning_rates(self) -> list:
+        if self.lr_scheduler is None:
+            raise ValueError("Trainer: the scheduler is not created yet; call create_optimizer_and_scheduler first.")
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_optimizer_group(self, param=None):
+        if self.optimizer is None:
+            raise ValueError("Trainer: the optimizer is not created yet; call create_optimizer first.")
+        if param is None:
+            return [group["params"] for group in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            if any(p is param for p in group["params"]):
+                return group
+        return None
+
+    def get_num_trainable_parameters(self) -> int:
+        return count_parameters(self.model, trainable_only=True)
+
+    def _get_learning_rate(self) -> float:
+        if self.args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU:
+            return self.optimizer.param_groups[0]["lr"]
+        return self.lr_scheduler.get_last_lr()[0]
+
+    # ------------------------------------------------------------------ the step maths
+    def _prepare_inputs(self, inputs):
+        if not isinstance(inputs, Mapping):
+            raise TypeError(
+                f"Trainer: a batch must be a dict of model inputs, got {type(inputs).__name__}. Make the "
+                "dataset return dicts (e.g. {'input': x, 'labels': y}) or pass a data_collator that builds them; "
+                "a subclass may also override compute_loss to handle other batch types."
+            )
+        if not inputs:
+            raise ValueError("Trainer: the batch is empty after removing unused columns; check the dataset's "
+                             "keys against the model's forward() arguments.")
+        inputs = move_to_device(inputs, self.args.device)
+        if self.args.past_index >= 0 and self._past is not None:
+            inputs["mems"] = self._past
+        return inputs
+
+    def autocast_smart_context_manager(self, cache_enabled: Optional[bool] = True):
+        precision = self._precision or choose_precision(self.args, self.args.device, training=False)
+        return precision.autocast()
+
+    def compute_loss_context_manager(self):
+        return self.autocast_smart_context_manager()
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        """The loss of one batch: the model's own, or ``compute_loss_func``/label smoothing on its logits."""
+        pop_labels = (self.label_smoother is not None or self.compute_loss_func is not None) and "labels" in inputs
+        labels = inputs.pop("labels") if pop_labels else None
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
+        outputs = model(**inputs)
+        if self.args.past_index >= 0:
+            self._past = outputs[self.args.past_index]
+        if labels is not None:
+            if self.compute_loss_func is not None:
+                loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
+            else:
+                loss = self.label_smoother(outputs, labels, shift_labels=_is_causal_lm(model))
+        else:
+            loss = loss_from_outputs(outputs, type(unwrap_model(model)).__name__)
+        if (self.args.average_tokens_across_devices and num_items_in_batch is not None
+                and (self.model_accepts_loss_kwargs or self.compute_loss_func is not None)):
+            # num_items_in_batch counts every rank's tokens, DDP averages gradients over ranks
+            loss = loss * self.args.world_size
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns the detached loss, scaled for accumulation."""
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        with self.compute_loss_context_manager():
+            loss = self._call_compute_loss(model, inputs, num_items_in_batch)
+        if (not self.model_accepts_loss_kwargs or num_items_in_batch is None) and self.compute_loss_func is None:
+            loss = loss / self.args.gradient_accumulation_steps
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        return loss.detach()
+
+    def _call_compute_loss(self, model, inputs, num_items_in_batch):
+        # An override written before num_items_in_batch existed must keep working.
+        if self._compute_loss_takes_num_items():
+            return self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        return self.compute_loss(model, inputs)
+
+    def _compute_loss_takes_num_items(self) -> bool:
+        cached = self.__dict__.get("_compute_loss_num_items")
+        if cached is None:
+            cached = _accepts_keyword(self.compute_loss, "num_items_in_batch")
+            self.__dict__["_compute_loss_num_items"] = cached
+        return cached
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device=None):
+        """Fetch the micro-batches of one optimizer step and count their label tokens.
+
+        The count (``num_items_in_batch``) is only taken when the model or ``compute_loss_func``
+        uses it, because counting costs a reduction per batch."""
+        from .loop.training import fetch_batches
+
+        return fetch_batches(self, epoch_iterator, num_batches, device)
+
+    def floating_point_ops(self, inputs) -> int:
+        counter = getattr(unwrap_model(self.model), "floating_point_ops", None)
+        return counter(inputs) if callable(counter) else 0
+
+    def store_flos(self) -> None:
+        self.state.total_flos += self.current_flos
+        self.current_flos = 0
+
+    # ------------------------------------------------------------------ evaluation and prediction
+    def evaluate(self, eval_dataset=None, ignore_keys: Optional[list] = None, metric_key_prefix: str = "eval") -> dict:
+        """Evaluate on ``eval_dataset`` (or the Trainer's); a dict of datasets is evaluated one by one
+        with the key added to the metric names (``eval_<key>_loss``)."""
+        import time
+
+        datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(datasets, dict):
+            metrics = {}
+            for name, dataset in datasets.items():
+                metrics.update(self.evaluate(dataset if eval_dataset is not None else name, ignore_keys,
+                                             f"{metric_key_prefix}_{name}"))
+            return metrics
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        start = time.time()
+        output = self.evaluation_loop(
+            dataloader, description="Evaluation",
+            prediction_loss_only=True if self.compute_metrics is None else None,
+            ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix,
+        )
+        output.metrics.update(self._eval_speed(metric_key_prefix, start, output.num_samples))
+        self.log(output.metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=output.metrics)
+        return output.metrics
+
+    def predict(self, test_dataset, ignore_keys: Optional[list] = None, metric_key_prefix: str = "test") -> PredictionOutput:
+        """Predictions (and metrics, when labels are present) on ``test_dataset``."""
+        import time
+
+        dataloader = self.get_test_dataloader(test_dataset)
+        start = time.time()
+        output = self.evaluation_loop(dataloader, description="Prediction", ignore_keys=ignore_keys,
+                                      metric_key_prefix=metric_key_prefix)
+        output.metrics.update(self._eval_speed(metric_key_prefix, start, output.num_samples))
+        self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics=output.metrics)
+        return PredictionOutput(predictions=output.predictions, label_ids=output.label_ids, metrics=output.metrics)
+
+    def _eval_speed(self, prefix: str, start: float, num_samples: int) -> dict:
+        import math
+
+        total_batch = self.args.eval_batch_size * self.args.world_size
+        return speed_metrics(prefix, start, num_samples=num_samples, num_steps=math.ceil(num_samples / total_batch))
+
+    def evaluation_loop(self, dataloader, description: str, prediction_loss_only: Optional[bool] = None,
+                        ignore_keys: Optional[list] = None, metric_key_prefix: str = "eval"):
+        return run_evaluation_loop(self, dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys: Optional[list] = None):
+        """``(loss, logits, labels)`` of one evaluation batch, without gradients."""
+        return run_prediction_step(self, model, inputs, prediction_loss_only, ignore_keys)
+
+    # ------------------------------------------------------------------ logs, metrics, saving
+    def log(self, logs: dict, start_time: Optional[float] = None) -> None:
+        """Add ``epoch`` and ``step`` to ``logs``, append them to ``state.log_history`` and fire on_log."""
+        if self.state.epoch is not None:
+            logs["epoch"] = self.state.epoch
+        if self.args.include_num_input_tokens_seen:
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
+            if start_time is not None:
+                logs.update(speed_metrics("train", start_time, num_tokens=self.state.num_input_tokens_seen))
+        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
+
+    def metrics_format(self, metrics: dict) -> dict:
+        return reporting.metrics_format(metrics)
+
+    def log_metrics(self, split: str, metrics: dict) -> None:
+        reporting.log_metrics(split, metrics, self.is_world_process_zero())
+
+    def save_metrics(self, split: str, metrics: dict, combined: bool = True) -> None:
+        if self.is_world_process_zero():
+            reporting.save_metrics(self.args.output_dir, split, metrics, combined)
+
+    def save_state(self) -> None:
+        if self.is_world_process_zero():
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            self.state.save_to_json(os.path.join(self.args.output_dir, "trainer_state.json"))
+
+    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
+        """Write the model (safetensors unless ``save_safetensors=False``), the processing class and
+        ``training_args.json`` to ``output_dir``."""
+        if self.is_world_process_zero():
+            _checkpoint.save_model_folder(self, output_dir or self.args.output_dir)
+
+    def is_world_process_zero(self) -> bool:
+        return self.args.process_index == 0
+
+    def is_local_process_zero(self) -> bool:
+        return self.args.local_process_index == 0
+
+    # ------------------------------------------------------------------ callbacks
+    def add_callback(self, callback: Union[type, TrainerCallback]) -> None:
+        self.callback_handler.add_callback(callback)
+
+    def pop_callback(self, callback: Union[type, TrainerCallback]):
+        return self.callback_handler.pop_callback(callback)
+
+    def remove_callback(self, callback: Union[type, TrainerCallback]) -> None:
+        self.callback_handler.remove_callback(callback)
+
+
+def _accepts_keyword(fn: Callable, name: str) -> bool:
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def _is_causal_lm(model) -> bool:
+    return type(unwrap_model(model)).__name__.endswith("ForCausalLM")
+

@@ -1,0 +1,137 @@
+"""Tiny models and datasets shared by the tests. Nothing here downloads anything."""
+
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+# Ray prints an INFO line per local-mode fit; keep test output readable.
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+
+class RegressionDataset(torch.utils.data.Dataset):
+    """y = x @ w + b + noise, as dicts {"x": [4], "labels": [1]}; fixed by its seed."""
+
+    def __init__(self, length: int = 64, seed: int = 0, extra_column: bool = False):
+        generator = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(length, 4, generator=generator)
+        w = torch.tensor([[1.5], [-2.0], [0.5], [3.0]])
+        self.y = self.x @ w + 0.3 + 0.1 * torch.randn(length, 1, generator=generator)
+        self.extra_column = extra_column
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        item = {"x": self.x[i], "labels": self.y[i]}
+        if self.extra_column:
+            item["note"] = f"row {i}"
+        return item
+
+
+class RegressionModel(nn.Module):
+    """A two-layer MLP with a LayerNorm (so weight decay has something to skip)."""
+
+    def __init__(self, hidden: int = 8, dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(4, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, 1)
+
+    def forward(self, x, labels=None):
+        out = self.fc2(self.dropout(torch.relu(self.norm(self.fc1(x)))))
+        result = {"logits": out}
+        if labels is not None:
+            result = {"loss": F.mse_loss(out, labels), "logits": out}
+        return result
+
+
+class ClassificationDataset(torch.utils.data.Dataset):
+    def __init__(self, length: int = 48, num_classes: int = 3, seed: int = 1):
+        generator = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(length, 4, generator=generator)
+        self.labels = (self.x[:, 0] > 0).long() + (self.x[:, 1] > 0.5).long()
+        self.labels = self.labels.clamp(max=num_classes - 1)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "label": int(self.labels[i])}
+
+
+class ClassifierModel(nn.Module):
+    """Returns a tuple (loss, logits) like an HF model with return_dict=False."""
+
+    def __init__(self, num_classes: int = 3):
+        super().__init__()
+        self.linear = nn.Linear(4, num_classes)
+
+    def forward(self, x, labels=None):
+        logits = self.linear(x)
+        if labels is None:
+            return (logits,)
+        return (F.cross_entropy(logits, labels), logits)
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """Variable-length token sequences padded with -100 labels, for token-level losses."""
+
+    def __init__(self, length: int = 24, vocab: int = 11, seed: int = 2):
+        generator = torch.Generator().manual_seed(seed)
+        self.items = []
+        for i in range(length):
+            n = 3 + i % 4
+            ids = torch.randint(1, vocab, (6,), generator=generator)
+            labels = ids.clone()
+            labels[n:] = -100
+            self.items.append({"input_ids": ids, "labels": labels})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+class TokenModel(nn.Module):
+    """A tiny language-model-shaped module whose loss is normalised by num_items_in_batch."""
+
+    def __init__(self, vocab: int = 11, dim: int = 8):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, vocab)
+        self.seen_num_items = []
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, input_ids, labels=None, **kwargs):
+        logits = self.head(self.embed(input_ids))
+        if labels is None:
+            return {"logits": logits}
+        num_items = kwargs.get("num_items_in_batch")
+        self.seen_num_items.append(None if num_items is None else int(num_items))
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
+        loss = loss / (num_items if num_items is not None else (labels != -100).sum())
+        return {"loss": loss, "logits": logits}
+
+
+@pytest.fixture
+def make_args(tmp_path):
+    """TrainingArguments writing under the test's tmp dir, quiet by default."""
+    from raytrainer import TrainingArguments
+
+    def build(**overrides):
+        defaults = dict(output_dir=str(tmp_path / "out"), disable_tqdm=True, report_to="none",
+                        save_strategy="no", logging_steps=1, per_device_train_batch_size=4)
+        defaults.update(overrides)
+        return TrainingArguments(**defaults)
+
+    return build
