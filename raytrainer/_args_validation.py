@@ -59,7 +59,7 @@ HUB_FIELDS = (
 
 
 def normalise_and_validate(args) -> None:
-    """Fix up and check every field of ``args`` in place; raise ``ValueError`` on the first bad one."""
+    """Fix up and check every field of ``args`` in place; ``ValueError`` on the first bad one."""
     _normalise_run_identity(args)
     _normalise_enums(args)
     _validate_batching(args)
@@ -99,11 +99,11 @@ def _check_int(args, name: str, minimum: int, *, optional: bool = False) -> None
 
 def _check_number(args, name: str, low: float, high: float = math.inf, *, high_open=False) -> None:
     value = getattr(args, name)
-    too_high = value >= high if high_open else value > high
-    if not _is_number(value) or value < low or too_high:
+    in_range = _is_number(value) and value >= low and (value < high if high_open else value <= high)
+    if not in_range:
         closing = ")" if high_open else "]"
-        span = f"[{low}, {high}{closing}" if high != math.inf else f">= {low}"
-        raise ValueError(f"{name} must be a number in {span}, got {value!r}.")
+        span = f"in [{low}, {high}{closing}" if high != math.inf else f">= {low}"
+        raise ValueError(f"{name} must be a number {span}, got {value!r}.")
 
 
 def _check_bool(args, name: str, *, optional: bool = False) -> None:
@@ -198,7 +198,9 @@ def _validate_optimisation(args) -> None:
     if not _is_int(args.seed):
         raise ValueError(f"seed must be an integer, got {args.seed!r}.")
     if args.data_seed is not None and not _is_int(args.data_seed):
-        raise ValueError(f"data_seed must be an integer or None (reuse seed), got {args.data_seed!r}.")
+        raise ValueError(
+            f"data_seed must be an integer or None (reuse seed), got {args.data_seed!r}."
+        )
     _validate_optim_args(args.optim_args)
 
 
@@ -244,7 +246,7 @@ def _normalise_step_intervals(args) -> None:
 
 
 def _normalise_interval(args, name: str, strategy, strategy_name: str) -> None:
-    """Steps are a positive whole count, or a float in (0, 1) that the loop scales by total steps."""
+    """Steps are a positive whole count, or a float in (0, 1) the loop scales by total steps."""
     value = getattr(args, name)
     if strategy != IntervalStrategy.STEPS:
         setattr(args, name, _as_int_if_whole(value))
@@ -414,7 +416,7 @@ def _normalise_configs(args) -> None:
 
 
 def _split_options(value, name: str, enum_cls) -> list:
-    """``"full_shard auto_wrap"``, ``["full_shard auto_wrap"]`` or ``["full_shard", "auto_wrap"]``."""
+    """Accepts ``"a b"``, ``["a b"]`` or ``["a", "b"]``; returns enum members, deduplicated."""
     if value is None or value is False:
         return []
     if isinstance(value, str):
@@ -422,7 +424,9 @@ def _split_options(value, name: str, enum_cls) -> list:
     elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         words = [word for item in value for word in str(item).split()]
     else:
-        raise ValueError(f"{name} must be a space-separated string or a list of str, got {value!r}.")
+        raise ValueError(
+            f"{name} must be a space-separated string or a list of str, got {value!r}."
+        )
     parsed = []
     for word in words:
         option = enum_cls.parse(word, name)
@@ -465,7 +469,8 @@ def _normalise_report_to(value) -> list:
     if unknown:
         choices = ", ".join(sorted(KNOWN_INTEGRATIONS))
         raise ValueError(
-            f"report_to has unknown integration(s) {unknown}; use 'none', 'all' or any of: {choices}."
+            f"report_to has unknown integration(s) {unknown}; "
+            f"use 'none', 'all' or any of: {choices}."
         )
     return list(dict.fromkeys(names))
 
@@ -490,7 +495,7 @@ def _validate_distributed(args) -> None:
     _check_int(args, "ddp_bucket_cap_mb", 1, optional=True)
     _check_int(args, "tpu_num_cores", 1, optional=True)
     if not _is_int(args.local_rank):
-        raise ValueError(f"local_rank must be an integer (Ray assigns ranks), got {args.local_rank!r}.")
+        raise ValueError(f"local_rank must be an integer, got {args.local_rank!r}.")
     if args.fsdp and args.deepspeed:
         raise ValueError(
             "fsdp and deepspeed cannot be used together; both shard the model. Keep one of them."
@@ -521,28 +526,49 @@ def _resolve_compile(args) -> None:
         args.torch_compile_backend = "inductor"  # torch.compile's own default backend
 
 
+def validate_generation_settings(args) -> None:
+    """The fields ``Seq2SeqTrainingArguments`` adds; a path-like config becomes a ``str``."""
+    _check_int(args, "generation_max_length", 1, optional=True)
+    _check_int(args, "generation_num_beams", 1, optional=True)
+    _check_bool(args, "sortish_sampler")
+    _check_bool(args, "predict_with_generate")
+    config = args.generation_config
+    if isinstance(config, os.PathLike):
+        args.generation_config = os.fspath(config)
+    elif not (config is None or isinstance(config, (str, dict)) or hasattr(config, "to_dict")):
+        raise ValueError(
+            "generation_config must be None, a path or name, a dict, or an object with to_dict() "
+            f"(such as a GenerationConfig), got {type(config).__name__}."
+        )
+
+
 # --------------------------------------------------------------------------- ignored settings
 
 
 def list_ignored_settings(args) -> list:
     """One line per field set to a non-default value that cannot take effect on this stack."""
     defaults = {f.name: f.default for f in _init_fields(args)}
+    apex = "Apex is not used; mixed precision runs on torch.amp"
     checks = [
-        (args.tpu_num_cores is not None, "tpu_num_cores: TPUs are not supported; Ray workers run on CPUs/GPUs"),
+        (args.tpu_num_cores is not None,
+         "tpu_num_cores: TPUs are not supported; Ray workers run on CPUs/GPUs"),
         (args.tpu_metrics_debug or DebugOption.TPU_METRICS_DEBUG in args.debug,
          "tpu_metrics_debug / debug='tpu_metrics_debug': there are no TPU metrics without TPUs"),
         (args.use_ipex, "use_ipex: Intel Extension for PyTorch is not integrated"),
-        (args.jit_mode_eval, "jit_mode_eval: TorchScript tracing is not used; try torch_compile=True"),
-        (args.half_precision_backend == "apex",
-         "half_precision_backend='apex': Apex is not used; mixed precision runs on torch.amp"),
-        (args.fp16_backend == "apex", "fp16_backend='apex': Apex is not used; mixed precision runs on torch.amp"),
+        (args.jit_mode_eval,
+         "jit_mode_eval: TorchScript tracing is not used; try torch_compile=True"),
+        (args.half_precision_backend == "apex", f"half_precision_backend='apex': {apex}"),
+        (args.fp16_backend == "apex", f"fp16_backend='apex': {apex}"),
         (args.fp16_opt_level != defaults["fp16_opt_level"],
          "fp16_opt_level: only Apex AMP reads it, and Apex is not used"),
-        (args.use_mps_device, "use_mps_device: deprecated; the device is chosen on each Ray worker"),
-        (args.torchdynamo is not None, "torchdynamo: deprecated and not read; use torch_compile_backend instead"),
+        (args.use_mps_device,
+         "use_mps_device: deprecated; the device is chosen on each Ray worker"),
+        (args.torchdynamo is not None,
+         "torchdynamo: deprecated and not read; use torch_compile_backend instead"),
         (args.push_to_hub, "push_to_hub: raytrainer does not upload to the Hugging Face Hub"),
         (args.use_liger_kernel, "use_liger_kernel: Liger kernels are not integrated"),
-        (args.local_rank != -1, "local_rank: Ray Train assigns ranks to its workers; this value is not read"),
+        (args.local_rank != -1,
+         "local_rank: Ray Train assigns ranks to its workers; this value is not read"),
         (bool(args.fsdp_config) and not args.fsdp,
          "fsdp_config: has no effect while fsdp is empty; set fsdp (e.g. 'full_shard') to use it"),
     ]

@@ -197,10 +197,10 @@ class HfArgumentParser(argparse.ArgumentParser):
             kwargs["nargs"] = "+"
         else:
             converter = _scalar_converter(cli_type)
+            self._converters[item.name] = converter  # lists are left to the dataclass
         kwargs["type"] = converter
         if isinstance(converter, _ChoiceConverter):
             kwargs["metavar"] = converter.metavar
-        self._converters[item.name] = converter
         target.add_argument(*options, **kwargs)
 
     def _add_bool_argument(self, target, name: str, options: list, kwargs: dict) -> None:
@@ -210,9 +210,8 @@ class HfArgumentParser(argparse.ArgumentParser):
         )
         self._converters[name] = _parse_bool
         if kwargs["default"] is True:
-            negatives = [f"--no_{name}"] + ([f"--no-{name.replace('_', '-')}"] if "_" in name else [])
             target.add_argument(
-                *negatives, dest=name, action="store_false", default=True,
+                *_option_strings(f"no_{name}"), dest=name, action="store_false", default=True,
                 help=f"Set {name} to False.",
             )
 
@@ -244,7 +243,9 @@ class HfArgumentParser(argparse.ArgumentParser):
         if args_file_flag:
             flagged, argv = self._pop_args_file_flag(argv, args_file_flag)
             files.extend(_existing_file(path, args_file_flag) for path in flagged)
-        file_args = [word for path in files for word in shlex.split(path.read_text(), comments=True)]
+        file_args = [
+            word for path in files for word in shlex.split(path.read_text(), comments=True)
+        ]
         namespace, remaining = self.parse_known_args(file_args + argv)
         outputs = self._instantiate(vars(namespace))
         if return_remaining_strings:
@@ -258,7 +259,8 @@ class HfArgumentParser(argparse.ArgumentParser):
 
     @staticmethod
     def _pop_args_file_flag(argv: list, flag: str) -> tuple:
-        flag_parser = argparse.ArgumentParser(add_help=False)
+        # No abbreviations: "--args" must not be mistaken for a prefix of the flag.
+        flag_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
         flag_parser.add_argument(flag, dest="files", action="append", default=[])
         found, rest = flag_parser.parse_known_args(argv)
         return found.files, rest
@@ -282,7 +284,9 @@ class HfArgumentParser(argparse.ArgumentParser):
         error naming them, unless ``allow_extra_keys``.
         """
         if not isinstance(args, Mapping):
-            raise TypeError(f"parse_dict expects a dict of field values, got {type(args).__name__}.")
+            raise TypeError(
+                f"parse_dict expects a dict of field values, got {type(args).__name__}."
+            )
         known = {item.name for dtype in self.dataclass_types for item in _init_fields(dtype)}
         unknown = sorted(set(args) - known)
         if unknown and not allow_extra_keys:
@@ -299,7 +303,7 @@ class HfArgumentParser(argparse.ArgumentParser):
 
     def _convert_text(self, name: str, value):
         converter = self._converters.get(name)
-        if not isinstance(value, str) or converter in (None, str, Path) or converter is _json_object:
+        if not isinstance(value, str) or converter in (None, str, Path, _json_object):
             return value  # str-typed and JSON fields keep their text; the dataclass parses it
         try:
             return converter(value)
@@ -316,17 +320,20 @@ class HfArgumentParser(argparse.ArgumentParser):
         import yaml  # only needed here; keeps the parser importable without PyYAML
 
         path = _existing_file(yaml_file, "yaml_file")
-        return self.parse_dict(_mapping_from(yaml.safe_load(path.read_text()), path), allow_extra_keys)
+        loaded = yaml.safe_load(path.read_text())
+        return self.parse_dict(_mapping_from(loaded, path), allow_extra_keys)
 
 
 def _as_dataclass_list(dataclass_types) -> list:
     if dataclass_types is None:
         return []
-    candidates = [dataclass_types] if isinstance(dataclass_types, type) else list(dataclass_types)
+    single = isinstance(dataclass_types, type) or not isinstance(dataclass_types, Iterable)
+    candidates = [dataclass_types] if single else list(dataclass_types)
     for candidate in candidates:
         if not (isinstance(candidate, type) and dataclasses.is_dataclass(candidate)):
             raise TypeError(
-                f"dataclass_types must be dataclass types (classes, not instances), got {candidate!r}."
+                "dataclass_types must be dataclass types (classes, not instances), "
+                f"got {candidate!r}."
             )
     return candidates
 

@@ -86,7 +86,7 @@ class TrainingArguments:
     # --- evaluation
     eval_strategy: Union[IntervalStrategy, str] = _arg("no", "When to evaluate: no/steps/epoch.")
     eval_steps: Optional[float] = _arg(
-        None, "Steps between evaluations (or a ratio < 1 of total steps); defaults to logging_steps."
+        None, "Steps between evaluations (or a ratio < 1 of all steps); default: logging_steps."
     )
     eval_delay: Optional[float] = _arg(0, "Epochs or steps to wait before the first evaluation.")
     eval_on_start: bool = _arg(False, "Evaluate once before training as a sanity check.")
@@ -133,7 +133,7 @@ class TrainingArguments:
         None, "Module names that GaLore-style optimizers target."
     )
     label_smoothing_factor: float = _arg(0.0, "Label smoothing in [0, 1); 0 disables it.")
-    neftune_noise_alpha: Optional[float] = _arg(None, "NEFTune embedding-noise alpha; None disables.")
+    neftune_noise_alpha: Optional[float] = _arg(None, "NEFTune noise alpha; None disables it.")
     gradient_checkpointing: bool = _arg(False, "Trade compute for memory with checkpointing.")
     gradient_checkpointing_kwargs: Optional[Union[dict, str]] = _arg(
         None, "Keyword arguments for gradient_checkpointing_enable (dict or JSON)."
@@ -147,7 +147,7 @@ class TrainingArguments:
     log_level: str = _arg("passive", "Log level on the main process (or 'passive').")
     log_level_replica: str = _arg("warning", "Log level on replica processes.")
     log_on_each_node: bool = _arg(True, "Log from the main process of every node.")
-    logging_dir: Optional[str] = _arg(None, "Log directory; defaults to output_dir/runs/<time>_<host>.")
+    logging_dir: Optional[str] = _arg(None, "Log folder; default output_dir/runs/<time>_<host>.")
     logging_strategy: Union[IntervalStrategy, str] = _arg("steps", "When to log: no/steps/epoch.")
     logging_first_step: bool = _arg(False, "Also log the first global step.")
     logging_steps: float = _arg(500, "Steps between logs (or a ratio < 1 of total steps).")
@@ -183,7 +183,7 @@ class TrainingArguments:
     dataloader_num_workers: int = _arg(0, "Data-loading subprocesses; 0 loads in the main process.")
     dataloader_pin_memory: bool = _arg(True, "Pin memory in data loaders.")
     dataloader_persistent_workers: bool = _arg(False, "Keep loader processes alive between epochs.")
-    dataloader_prefetch_factor: Optional[int] = _arg(None, "Batches each loader process prefetches.")
+    dataloader_prefetch_factor: Optional[int] = _arg(None, "Batches prefetched per loader process.")
     past_index: int = _arg(-1, "Output index of the model's past state (mems); -1 disables.")
     remove_unused_columns: bool = _arg(True, "Drop dataset columns the model's forward ignores.")
     label_names: Optional[list[str]] = _arg(None, "Input keys that hold the labels.")
@@ -205,7 +205,7 @@ class TrainingArguments:
     use_mps_device: bool = _arg(False, "Deprecated: MPS is chosen automatically.")
     torchdynamo: Optional[str] = _arg(None, "Deprecated: use torch_compile_backend.")
     torch_compile: bool = _arg(False, "Compile the model with torch.compile.")
-    torch_compile_backend: Optional[str] = _arg(None, "torch.compile backend; implies torch_compile.")
+    torch_compile_backend: Optional[str] = _arg(None, "torch.compile backend; sets torch_compile.")
     torch_compile_mode: Optional[str] = _arg(None, "torch.compile mode; implies torch_compile.")
     use_liger_kernel: bool = _arg(False, "Liger kernels (not integrated).")
 
@@ -228,7 +228,7 @@ class TrainingArguments:
     tpu_num_cores: Optional[int] = _arg(None, "TPU cores (TPUs are not supported).")
     tpu_metrics_debug: bool = _arg(False, "Deprecated: TPU debug metrics (not supported).")
     debug: Union[str, list[DebugOption]] = _arg("", "Debug features, space separated.")
-    ray_scope: str = _arg("last", "Which results Ray Tune compares: last/all/last-5-avg/last-10-avg.")
+    ray_scope: str = _arg("last", "Results Ray Tune compares: last/all/last-5-avg/last-10-avg.")
 
     # --- Hugging Face Hub (accepted, reported as ignored: raytrainer does not upload)
     push_to_hub: bool = _arg(False, "Push to the Hub (not supported).")
@@ -610,14 +610,7 @@ class Seq2SeqTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        for name in ("generation_max_length", "generation_num_beams"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}.")
-        for name in ("sortish_sampler", "predict_with_generate"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}.")
-        self.generation_config = _normalise_generation_config(self.generation_config)
+        _validation.validate_generation_settings(self)
         super().__post_init__()
 
     def to_dict(self) -> dict[str, Any]:
@@ -627,16 +620,3 @@ class Seq2SeqTrainingArguments(TrainingArguments):
         if config is not None and not isinstance(config, (str, dict)):
             result["generation_config"] = config.to_dict()
         return result
-
-
-def _normalise_generation_config(config):
-    if config is None or isinstance(config, (str, dict)):
-        return config
-    if isinstance(config, os.PathLike):
-        return os.fspath(config)
-    if callable(getattr(config, "to_dict", None)):
-        return config
-    raise ValueError(
-        "generation_config must be None, a path or name, a dict, or an object with to_dict() "
-        f"(such as a GenerationConfig), got {type(config).__name__}."
-    )

@@ -57,7 +57,8 @@ _TORCH_CLASSES = {
     OptimizerNames.SGD: torch.optim.SGD,
     OptimizerNames.ADAGRAD: torch.optim.Adagrad,
     OptimizerNames.RMSPROP: torch.optim.RMSprop,
-    OptimizerNames.ADAFACTOR: torch.optim.Adafactor,
+    # torch.optim.Adafactor arrived in torch 2.5; older builds get a clear error when asked for it.
+    OptimizerNames.ADAFACTOR: getattr(torch.optim, "Adafactor", None),
 }
 _TORCHAO_CLASSES = {
     OptimizerNames.ADAMW_TORCH_4BIT: "AdamW4bit",
@@ -167,11 +168,18 @@ def validate_optimizer_choice(args) -> None:
 
 
 def create_optimizer(
-    model: nn.Module, args, optimizer_cls_and_kwargs: tuple[type, dict] | None = None
+    model: nn.Module,
+    args,
+    optimizer_cls_and_kwargs: tuple[type, dict] | None = None,
+    decay_parameter_names: list[str] | None = None,
 ) -> torch.optim.Optimizer:
     """Build the optimizer for ``model``: decay/no-decay groups from ``args.weight_decay`` and the
-    class and keyword arguments from ``args`` or from the ``optimizer_cls_and_kwargs`` override."""
-    groups = get_optimizer_param_groups(model, args.weight_decay)
+    class and keyword arguments from ``args`` or from the ``optimizer_cls_and_kwargs`` override.
+
+    ``decay_parameter_names`` lets a caller substitute its own choice (a Trainer subclass that
+    overrides ``get_decay_parameter_names``); by default it is ``get_decay_parameter_names(model)``.
+    """
+    groups = get_optimizer_param_groups(model, args.weight_decay, decay_parameter_names)
     if optimizer_cls_and_kwargs is None:
         optimizer_cls, kwargs = get_optimizer_cls_and_kwargs(args, model)
     else:
@@ -223,6 +231,11 @@ def _cast_optim_value(text: str):
 
 def _resolve_optimizer_class(name: OptimizerNames) -> type:
     if name in _TORCH_CLASSES:
+        if _TORCH_CLASSES[name] is None:
+            raise ValueError(
+                f"optim='{name.value}' needs torch.optim.Adafactor, which torch {torch.__version__} "
+                "lacks; upgrade to torch>=2.5 or use optim='adamw_torch'."
+            )
         return _TORCH_CLASSES[name]
     if name in _TORCHAO_CLASSES:
         return _import_torchao_class(name)

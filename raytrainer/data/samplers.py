@@ -88,6 +88,8 @@ def shard_order(
     drop_last: bool = False,
 ) -> list[int]:
     """Cut ``order`` into global batches and return ``rank``'s indices, batch after batch."""
+    _check_int(batch_size, "batch_size", 1)
+    _check_rank(world_size, rank)
     order = torch.as_tensor(order, dtype=torch.long)
     global_batch = batch_size * world_size
     full_batches = order.numel() // global_batch
@@ -95,7 +97,9 @@ def shard_order(
     indices = full[:, rank, :].reshape(-1).tolist()
     remainder = order[full_batches * global_batch :].tolist()
     if remainder and not drop_last:
-        indices += split_last_global_batch(remainder, order.tolist(), world_size, rank, pad=True)
+        # padding needs fewer than world_size items, so only the head of the order is copied
+        head = order[:world_size].tolist()
+        indices += split_last_global_batch(remainder, head, world_size, rank, pad=True)
     return indices
 
 
@@ -140,7 +144,8 @@ class _EpochSampler(Sampler[int]):
         return torch.Generator().manual_seed(self.seed + self.epoch)
 
     def _global_order(self) -> torch.Tensor:
-        raise NotImplementedError
+        """The epoch's order over all ranks; each subclass defines how it is drawn."""
+        raise NotImplementedError(f"{type(self).__name__} must define _global_order")
 
     def __iter__(self) -> Iterator[int]:
         indices = shard_order(

@@ -63,6 +63,7 @@ class TrainingLoop:
     def run(self) -> TrainOutput:
         trainer, args = self.trainer, self.args
         trainer.is_in_train = True
+        trainer._past = None
         dataloader = trainer.get_train_dataloader()
         batches_per_epoch = len(dataloader) if has_length(dataloader) else None
         plan = plan_training(
