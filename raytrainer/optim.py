@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from raytrainer.adafactor import Adafactor
 from raytrainer.enums import OptimizerNames
 
 # Normalisation layers whose own parameters never get weight decay. ``_NormBase`` is torch's
@@ -57,9 +58,12 @@ _TORCH_CLASSES = {
     OptimizerNames.SGD: torch.optim.SGD,
     OptimizerNames.ADAGRAD: torch.optim.Adagrad,
     OptimizerNames.RMSPROP: torch.optim.RMSprop,
-    # torch.optim.Adafactor arrived in torch 2.5; older builds get a clear error when asked for it.
-    OptimizerNames.ADAFACTOR: getattr(torch.optim, "Adafactor", None),
+    # Our own Adafactor with HF's semantics (torch.optim.Adafactor differs: other defaults, lr
+    # scaling and weight decay).
+    OptimizerNames.ADAFACTOR: Adafactor,
 }
+# What the HF Trainer passes for optim="adafactor": a plain lr that the lr scheduler drives.
+_ADAFACTOR_TRAINER_KWARGS = {"scale_parameter": False, "relative_step": False, "warmup_init": False}
 _TORCHAO_CLASSES = {
     OptimizerNames.ADAMW_TORCH_4BIT: "AdamW4bit",
     OptimizerNames.ADAMW_TORCH_8BIT: "AdamW8bit",
@@ -134,7 +138,8 @@ def get_optimizer_cls_and_kwargs(args, model: nn.Module | None = None) -> tuple[
     """Return the optimizer class named by ``args.optim`` and the keyword arguments to build it.
 
     The keyword arguments hold ``lr`` (``args.learning_rate``), ``betas`` and ``eps`` for the Adam
-    family, ``fused=True`` for ``adamw_torch_fused``, and then the entries of ``args.optim_args``.
+    family, ``fused=True`` for ``adamw_torch_fused``, ``scale_parameter=False, relative_step=False,
+    warmup_init=False`` for ``adafactor``, and then the entries of ``args.optim_args``.
     ``model`` is accepted for signature compatibility; no supported optimizer needs it.
     """
     name = OptimizerNames.parse(args.optim, "optim")
@@ -144,9 +149,13 @@ def get_optimizer_cls_and_kwargs(args, model: nn.Module | None = None) -> tuple[
         kwargs.update(_adam_kwargs(args))
     if name == OptimizerNames.ADAMW_TORCH_FUSED:
         kwargs["fused"] = True
+    if name == OptimizerNames.ADAFACTOR:
+        kwargs.update(_ADAFACTOR_TRAINER_KWARGS)
     user_kwargs = parse_optim_args(getattr(args, "optim_args", None))
     _check_optim_args_accepted(user_kwargs, optimizer_cls, name)
     kwargs.update(user_kwargs)
+    if name == OptimizerNames.ADAFACTOR:
+        _check_adafactor_kwargs(kwargs, args.optim_args)
     return optimizer_cls, kwargs
 
 
@@ -231,11 +240,6 @@ def _cast_optim_value(text: str):
 
 def _resolve_optimizer_class(name: OptimizerNames) -> type:
     if name in _TORCH_CLASSES:
-        if _TORCH_CLASSES[name] is None:
-            raise ValueError(
-                f"optim='{name.value}' needs torch.optim.Adafactor, which torch {torch.__version__} "
-                "lacks; upgrade to torch>=2.5 or use optim='adamw_torch'."
-            )
         return _TORCH_CLASSES[name]
     if name in _TORCHAO_CLASSES:
         return _import_torchao_class(name)
@@ -272,6 +276,25 @@ def _adam_kwargs(args) -> dict:
             raise ValueError(f"{field}={value} is outside [0, 1); Adam betas are decay rates.")
     eps = _require_non_negative_number(args.adam_epsilon, "adam_epsilon")
     return {"betas": (beta1, beta2), "eps": eps}
+
+
+def _check_adafactor_kwargs(kwargs: dict, optim_args: str | None) -> None:
+    # Relative steps ignore lr, which the Trainer always passes and its lr scheduler rescales.
+    for key in ("relative_step", "warmup_init"):
+        if kwargs[key] is True:
+            raise ValueError(
+                f"optim_args {key}=True is not supported with optim='adafactor': the Trainer gives "
+                "Adafactor lr=learning_rate and drives it with its lr scheduler, while relative steps "
+                f"replace lr. Remove {key} from optim_args, or build raytrainer.adafactor.Adafactor("
+                "model.parameters(), lr=None, relative_step=True) yourself and pass it as "
+                "Trainer(optimizers=(optimizer, lr_scheduler))."
+            )
+    # Building on a throw-away tensor runs Adafactor's own checks now, on the driver, instead of
+    # when each worker creates its optimizer.
+    try:
+        Adafactor([torch.zeros(1)], **kwargs)
+    except ValueError as error:
+        raise ValueError(f"optim='adafactor' with optim_args={optim_args!r}: {error}") from None
 
 
 def _check_optim_args_accepted(user_kwargs: dict, optimizer_cls: type, name: OptimizerNames):

@@ -75,6 +75,7 @@ class Trainer:
         if args is None:
             args = TrainingArguments(output_dir="tmp_trainer")
         self.args = args
+        logger.setLevel(args.get_process_log_level())  # "passive" keeps the level the user set
         self.model_init = model_init
         self.hp_name = None
         self.is_in_train = False
@@ -94,6 +95,7 @@ class Trainer:
         self.compute_metrics = compute_metrics
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.optimizer, self.lr_scheduler = optimizers
+        self._given_optimizers = optimizers
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         self.scaling_config = scaling_config
         self.run_config = run_config
@@ -111,6 +113,7 @@ class Trainer:
         self._past = None
         self.current_flos = 0
         self._precision = None
+        self._train_batch_size = args.train_batch_size  # halved by auto_find_batch_size on OOM
 
         self.state = TrainerState(
             is_local_process_zero=self.is_local_process_zero(),
@@ -158,7 +161,6 @@ class Trainer:
             else:
                 set_seed(self.args.seed)
             self.model = self.model_wrapped = self.call_model_init(trial)
-            self.optimizer, self.lr_scheduler = None, None
         return run_training(self, resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                             ignore_keys_for_eval=ignore_keys_for_eval)
 
@@ -221,19 +223,15 @@ class Trainer:
     def get_test_dataloader(self, test_dataset) -> torch.utils.data.DataLoader:
         return self._eval_loader(test_dataset, "test")
 
-    @property
-    def _train_batch_size(self) -> int:
-        return self.args.train_batch_size
-
     def num_examples(self, dataloader) -> int:
         """Examples in a dataloader's dataset, or batches x batch size when it has no length."""
         try:
             return len(dataloader.dataset)
         except (NameError, AttributeError, TypeError):
-            return len(dataloader) * self.args.per_device_train_batch_size
+            return len(dataloader) * self._train_batch_size
 
     def get_total_train_batch_size(self, args) -> int:
-        return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        return self._train_batch_size * args.gradient_accumulation_steps * args.world_size
 
     # ------------------------------------------------------------------ optimizer and scheduler
     def create_optimizer(self):

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from raytrainer import optim as optim_module
+from raytrainer.adafactor import Adafactor
 from raytrainer.enums import OptimizerNames
 from raytrainer.optim import (
     SUPPORTED_OPTIMIZERS,
@@ -153,7 +154,11 @@ def test_param_groups_errors():
         ("sgd", torch.optim.SGD, {"lr": 1e-3}),
         ("adagrad", torch.optim.Adagrad, {"lr": 1e-3}),
         ("rmsprop", torch.optim.RMSprop, {"lr": 1e-3}),
-        ("adafactor", torch.optim.Adafactor, {"lr": 1e-3}),
+        (
+            "adafactor",
+            Adafactor,
+            {"lr": 1e-3, "scale_parameter": False, "relative_step": False, "warmup_init": False},
+        ),
     ],
 )
 def test_class_and_kwargs_per_name(name, cls, kwargs):
@@ -206,9 +211,11 @@ def test_optim_args_type_and_unknown_key_errors():
     assert "momentum" in message and "nesterov" in message
 
 
-def test_adafactor_optim_args_reach_torch_adafactor():
-    cls, kwargs = get_optimizer_cls_and_kwargs(_args(optim="adafactor", optim_args="beta2_decay=-0.5"))
-    assert cls is torch.optim.Adafactor and kwargs == {"lr": 1e-3, "beta2_decay": -0.5}
+def test_adafactor_optim_args_reach_adafactor():
+    cls, kwargs = get_optimizer_cls_and_kwargs(_args(optim="adafactor", optim_args="decay_rate=-0.5"))
+    assert cls is Adafactor and kwargs == {
+        "lr": 1e-3, "scale_parameter": False, "relative_step": False, "warmup_init": False, "decay_rate": -0.5
+    }
     optimizer = create_optimizer(TinyModel(), _args(optim="adafactor", learning_rate=0.01))
     assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.01]
 

@@ -269,3 +269,32 @@ def test_past_index_feeds_mems_back(make_args):
     trainer.train()
     # probe (no mems), then step 1 without mems, then each step sees the previous step's output
     assert seen[1:] == [None, 2.0, 3.0]
+
+
+def test_auto_find_batch_size_retries_smaller_after_out_of_memory(make_args):
+    sizes = []
+
+    class Greedy(RegressionModel):
+        def forward(self, x, labels=None):
+            if self.training and labels is not None:
+                sizes.append(len(x))
+                if len(x) > 6:
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().forward(x, labels)
+
+    args = make_args(auto_find_batch_size=True, per_device_train_batch_size=8, num_train_epochs=1)
+    trainer = Trainer(model=Greedy(), args=args, train_dataset=RegressionDataset(24))
+    output = trainer.train()
+    # accelerate's search: 8 fails, 7 (= int(8 * 0.9)) fails, 6 fits -> 24 / 6 = 4 steps
+    assert sizes[:2] == [8, 7] and set(sizes[2:]) == {6}
+    assert output.global_step == 4 and trainer.state.train_batch_size == 6
+
+
+def test_token_counting_and_tokens_per_second(make_args):
+    args = make_args(include_num_input_tokens_seen=True, include_tokens_per_second=True, max_steps=2,
+                     per_device_train_batch_size=2)
+    trainer = Trainer(model=TokenModel(), args=args, train_dataset=TokenDataset(8))
+    output = trainer.train()
+    assert trainer.state.num_input_tokens_seen == 2 * 2 * 6
+    assert output.metrics["train_tokens_per_second"] > 0
+    assert [e["num_input_tokens_seen"] for e in trainer.state.log_history if "loss" in e] == [12, 24]

@@ -10,6 +10,9 @@ from ..modeling import unwrap_model
 def prepare_model_for_training(trainer):
     args = trainer.args
     model = trainer.model
+    if args.tf32 is not None and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
     if trainer.place_model_on_device:
         model.to(args.device)
     if args.gradient_checkpointing:

@@ -154,7 +154,7 @@ class TrainingLoop:
 
     def _micro_step(self, model, inputs, num_items, sync_gradients: bool):
         trainer, args = self.trainer, self.args
-        if args.include_num_input_tokens_seen:
+        if args.include_num_input_tokens_seen or args.include_tokens_per_second:
             main_input = getattr(trainer.model, "main_input_name", "input_ids")
             if isinstance(inputs, dict) and main_input in inputs:
                 trainer.state.num_input_tokens_seen += inputs[main_input].numel()
@@ -190,6 +190,9 @@ class TrainingLoop:
             trainer.lr_scheduler.step()
         model.zero_grad(set_to_none=True)
         trainer.state.global_step += 1
+        if args.torch_empty_cache_steps and trainer.state.global_step % args.torch_empty_cache_steps == 0:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ log, evaluate, save
     def _maybe_log_save_evaluate(self, model, start_time):
@@ -245,7 +248,9 @@ class TrainingLoop:
             _checkpoint.load_best_model(trainer)
         self.total_loss_scalar += self._gathered_mean(self.tr_loss).item()  # sync: once, at the end
         train_loss = self.total_loss_scalar / max(state.global_step, 0.001)
-        metrics = speed_metrics("train", start_time, num_samples=plan.num_train_samples, num_steps=plan.max_steps)
+        tokens = state.num_input_tokens_seen if args.include_tokens_per_second else None
+        metrics = speed_metrics("train", start_time, num_samples=plan.num_train_samples, num_steps=plan.max_steps,
+                                num_tokens=tokens)
         trainer.store_flos()
         metrics["total_flos"] = state.total_flos
         metrics["train_loss"] = train_loss
