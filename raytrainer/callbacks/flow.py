@@ -75,22 +75,20 @@ class DefaultFlowCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         decisions = step_end_decisions(args, state)
-        if decisions.log:
-            control.should_log = True
-        if decisions.evaluate:
-            control.should_evaluate = True
-        if decisions.save:
-            control.should_save = True
+        _raise_flags(control, decisions)
         if decisions.stop:
             control.should_training_stop = True
         return control
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        decisions = epoch_end_decisions(args, state)
-        if decisions.log:
-            control.should_log = True
-        if decisions.evaluate:
-            control.should_evaluate = True
-        if decisions.save:
-            control.should_save = True
+        _raise_flags(control, epoch_end_decisions(args, state))
         return control
+
+
+def _raise_flags(control, decisions) -> None:
+    if decisions.log:
+        control.should_log = True
+    if decisions.evaluate:
+        control.should_evaluate = True
+    if decisions.save:
+        control.should_save = True

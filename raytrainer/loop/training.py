@@ -255,7 +255,7 @@ class TrainingLoop:
         metrics["total_flos"] = state.total_flos
         metrics["train_loss"] = train_loss
         trainer.is_in_train = False
-        trainer.log(dict(metrics))
+        trainer.log(metrics)  # adds "epoch" to the returned metrics too, as HF does
         _checkpoint.rotate_after_training(trainer)
         trainer.control = trainer.callback_handler.on_train_end(args, state, trainer.control)
         return TrainOutput(state.global_step, train_loss, metrics)
