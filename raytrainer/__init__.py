@@ -21,6 +21,7 @@ from .optim import get_decay_parameter_names
 from .outputs import EvalLoopOutput, EvalPrediction, PredictionOutput, TrainOutput
 from .schedules import get_scheduler
 from .seeding import enable_full_determinism, set_seed
+from .seq2seq import Seq2SeqTrainer
 from .state import TrainerControl, TrainerState
 from .trainer import Trainer
 
@@ -42,6 +43,7 @@ __all__ = [
     "ProgressCallback",
     "SaveStrategy",
     "SchedulerType",
+    "Seq2SeqTrainer",
     "Seq2SeqTrainingArguments",
     "TrainOutput",
     "Trainer",
