@@ -52,8 +52,8 @@ LOGGING_STEPS = 50
 
 # (short, long) max_steps per workload, and the default number of rounds, for each mode.
 STEP_COUNTS = {
-    "full": {"mlp": (100, 1100), "transformer": (4, 28)},
-    "quick": {"mlp": (50, 350), "transformer": (2, 8)},
+    "full": {"mlp": (100, 2100), "transformer": (4, 40)},
+    "quick": {"mlp": (20, 320), "transformer": (1, 5)},
     "smoke": {"mlp": (2, 12), "transformer": (1, 3)},
 }
 DEFAULT_ROUNDS = {"full": 5, "quick": 2, "smoke": 1}

@@ -186,7 +186,7 @@ def _step_size(group: dict, step: int, weights: torch.Tensor) -> float:
     else:
         size = group["lr"]
     if group["scale_parameter"]:
-        size = size * max(group["eps"][1], 1.0)
+        size = size * max(group["eps"][1], _rms(weights).item())
     return size
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn as nn
 
-from . import checkpoint as _checkpoint
+from . import checkpoints as _checkpoint
 from . import optim as _optim
 from . import reporting
 from . import schedules

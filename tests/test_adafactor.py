@@ -85,6 +85,7 @@ CASES = {
     "hf-defaults-vector": ((5,), {"beta1": 0.8, "weight_decay": 0.01}),
     "warmup-init": ((4, 3), {"warmup_init": True, "beta1": 0.9, "weight_decay": 0.1}),
     "scaled-fixed-lr": ((5,), {"lr": 0.05, "scale_parameter": True, "relative_step": False}),
+    "large-eps": ((4, 3), {"eps": (0.5, 2.0), "beta1": 0.3}),
 }
 
 
@@ -118,6 +119,24 @@ def test_factored_step_by_hand_and_clipping():
     torch.testing.assert_close(result, -update)
     result, _ = _run_adafactor(torch.zeros(2, 2), [grad], lr=1.0, clip_threshold=0.5, **TRAINER_FLAGS)
     torch.testing.assert_close(result, -update * (0.5 / math.sqrt(0.96)))
+
+
+def test_relative_step_falls_as_one_over_sqrt_t_after_step_10000():
+    param = nn.Parameter(torch.tensor([2.0, 2.0]))
+    optimizer = Adafactor([param])  # HF defaults: relative steps scaled by RMS(param) = 2
+    optimizer.state[param]["step"] = 39_999
+    param.grad = torch.tensor([1.0, -1.0])
+    optimizer.step()
+    # Step size min(1e-2, 1/sqrt(40000)) * 2 = 0.01; the clipped update is sign(grad).
+    torch.testing.assert_close(param.detach(), torch.tensor([1.99, 2.01]))
+
+
+def test_zero_gradients_leave_parameters_finite_and_unchanged():
+    # eps1 keeps the second moments of all-zero gradients (a whole row here) away from 0.
+    for initial in (torch.tensor([1.0, -2.0]), torch.tensor([[1.0, 2.0], [3.0, 4.0]])):
+        grads = [torch.zeros_like(initial), torch.zeros_like(initial)]
+        result, _ = _run_adafactor(initial, grads, lr=0.1, beta1=0.9, **TRAINER_FLAGS)
+        assert torch.equal(result, initial)
 
 
 def test_second_moment_state_and_decay_rate():

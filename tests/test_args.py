@@ -383,11 +383,12 @@ def test_prefetch_factor_with_workers_is_fine():
 
 
 def test_json_string_and_dict_configs(tmp_path):
-    args = make(
-        lr_scheduler_kwargs='{"num_cycles": 2}',
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        accelerator_config='{"even_batches": false}',
-    )
+    with pytest.warns(UserWarning, match="accelerator_config: accelerate's data dispatch is not used"):
+        args = TrainingArguments(
+            lr_scheduler_kwargs='{"num_cycles": 2}',
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+            accelerator_config='{"even_batches": false}',
+        )
     assert args.lr_scheduler_kwargs == {"num_cycles": 2}
     assert args.gradient_checkpointing_kwargs == {"use_reentrant": False}
     assert args.accelerator_config == {"even_batches": False}
@@ -412,7 +413,8 @@ def test_fsdp_and_debug_spellings():
     assert make(fsdp=True).fsdp == [FSDPOption.FULL_SHARD]
     assert make(fsdp=["shard_grad_op offload"]).fsdp == [FSDPOption.SHARD_GRAD_OP, FSDPOption.OFFLOAD]
     assert make(fsdp=False).fsdp == []
-    assert make(debug="underflow_overflow").debug == [DebugOption.UNDERFLOW_OVERFLOW]
+    with pytest.warns(UserWarning, match="underflow/overflow detector is not implemented"):
+        assert TrainingArguments(debug="underflow_overflow").debug == [DebugOption.UNDERFLOW_OVERFLOW]
 
 
 def test_fsdp_wrapping_policies_exclude_each_other():
@@ -441,8 +443,10 @@ def test_label_names_and_target_modules():
     assert make(label_names=("start_positions", "end_positions")).label_names == [
         "start_positions", "end_positions",
     ]
-    assert make(optim_target_modules="attn").optim_target_modules == "attn"
-    assert make(optim_target_modules=["attn", "mlp"]).optim_target_modules == ["attn", "mlp"]
+    with pytest.warns(UserWarning, match="optim_target_modules: only GaLore/APOLLO"):
+        assert TrainingArguments(optim_target_modules="attn").optim_target_modules == "attn"
+    with pytest.warns(UserWarning, match="optim_target_modules"):
+        assert TrainingArguments(optim_target_modules=["attn", "mlp"]).optim_target_modules == ["attn", "mlp"]
 
 
 def test_compile_flags():

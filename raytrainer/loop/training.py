@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from .. import checkpoint as _checkpoint
+from .. import checkpoints as _checkpoint
 from ..data.loaders import has_length, set_dataloader_epoch
 from ..enums import SaveStrategy, SchedulerType
 from ..outputs import TrainOutput, speed_metrics
@@ -236,9 +236,7 @@ class TrainingLoop:
             if report is not None:
                 report(self.trial, trainer.state.global_step, metrics)
         if self.args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU and not skip_scheduler:
-            name = self.args.metric_for_best_model or "loss"
-            name = name if name.startswith("eval_") else f"eval_{name}"
-            trainer.lr_scheduler.step(_checkpoint.read_metric(metrics, name))
+            trainer.lr_scheduler.step(_checkpoint.read_metric(metrics, _checkpoint.best_metric_name(self.args)))
         return metrics
 
     # ------------------------------------------------------------------ the end
@@ -256,7 +254,7 @@ class TrainingLoop:
         metrics["train_loss"] = train_loss
         trainer.is_in_train = False
         trainer.log(metrics)  # adds "epoch" to the returned metrics too, as HF does
-        _checkpoint.rotate_after_training(trainer)
+        _checkpoint.finalize_checkpoints(trainer, self.trial)
         trainer.control = trainer.callback_handler.on_train_end(args, state, trainer.control)
         return TrainOutput(state.global_step, train_loss, metrics)
 

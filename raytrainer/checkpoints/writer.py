@@ -1,0 +1,123 @@
+"""Writing a checkpoint: everything a resume needs, in HF's layout, renamed into place at the end."""
+
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+
+from ..state import ExportableState
+from .best import record_best_checkpoint
+from .layout import (
+    OPTIMIZER_NAME,
+    SCALER_NAME,
+    SCHEDULER_NAME,
+    TRAINER_STATE_NAME,
+    TRAINING_ARGS_NAME,
+    checkpoint_dir,
+    remove_stale_temporaries,
+    rotate_checkpoints,
+    sorted_checkpoints,
+    temporary_dir,
+)
+from .weights import save_weights
+
+
+def checkpoint_root(trainer, trial=None) -> str:
+    """Where this run's checkpoints go: ``output_dir``, or ``output_dir/run-<trial>`` in a search."""
+    run_name = getattr(trainer, "_trial_run_name", None)
+    if trial is not None and run_name:
+        return os.path.join(trainer.args.output_dir, run_name)
+    return trainer.args.output_dir
+
+
+def save_model_folder(trainer, output_dir: str) -> None:
+    """``Trainer.save_model``: weights, the processing class and ``training_args.json``."""
+    save_weights(trainer.model, output_dir, trainer.args.save_safetensors)
+    processing_class = trainer.processing_class
+    if processing_class is not None and callable(getattr(processing_class, "save_pretrained", None)):
+        processing_class.save_pretrained(output_dir)
+    _write_text(os.path.join(output_dir, TRAINING_ARGS_NAME), trainer.args.to_json_string())
+
+
+def save_checkpoint(trainer, model, trial=None) -> str:
+    """Write ``checkpoint-<global_step>`` and rotate older ones; returns its path.
+
+    Rank 0 writes the replicated state (weights, optimizer, scheduler, trainer state); every rank
+    writes its own RNG state. The folder appears under its final name only once complete."""
+    args, state = trainer.args, trainer.state
+    root = checkpoint_root(trainer, trial)
+    final = checkpoint_dir(root, state.global_step)
+    writes_shared = args.should_save
+    tmp = temporary_dir(root, state.global_step)
+    if writes_shared:
+        remove_stale_temporaries(root)
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_weights(model, tmp, args.save_safetensors)
+        if not args.save_only_model:
+            _save_training_objects(trainer, tmp)
+        _save_rng_state(tmp, args.process_index)
+        record_best_checkpoint(trainer, root)
+        state.stateful_callbacks = callback_states(trainer)
+        state.save_to_json(os.path.join(tmp, TRAINER_STATE_NAME))
+        _write_text(os.path.join(tmp, TRAINING_ARGS_NAME), args.to_json_string())
+        if os.path.exists(final):  # a folder of the same step from an earlier run: replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        rotate_checkpoints(root, args.save_total_limit, state.best_model_checkpoint)
+    return final
+
+
+def _save_training_objects(trainer, folder: str) -> None:
+    torch.save(trainer.optimizer.state_dict(), os.path.join(folder, OPTIMIZER_NAME))
+    torch.save(trainer.lr_scheduler.state_dict(), os.path.join(folder, SCHEDULER_NAME))
+    if trainer.scaler is not None:
+        torch.save(trainer.scaler.state_dict(), os.path.join(folder, SCALER_NAME))
+
+
+def rng_state_name(rank: int) -> str:
+    return "rng_state.pth" if rank == 0 else f"rng_state_{rank}.pth"
+
+
+def _save_rng_state(folder: str, rank: int) -> None:
+    states = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "cpu": torch.random.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.random.get_rng_state_all()
+    torch.save(states, os.path.join(folder, rng_state_name(rank)))
+
+
+def callback_states(trainer) -> dict:
+    """HF's ``stateful_callbacks``: ``{class name: state}`` for every ExportableState callback and
+    the TrainerControl (a list when several callbacks share a class)."""
+    states = {}
+    for callback in list(trainer.callback_handler.callbacks) + [trainer.control]:
+        if not isinstance(callback, ExportableState):
+            continue
+        name = type(callback).__name__
+        if name in states:
+            previous = states[name]
+            states[name] = (previous if isinstance(previous, list) else [previous]) + [callback.state()]
+        else:
+            states[name] = callback.state()
+    return states
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def finalize_checkpoints(trainer, trial=None) -> None:
+    """At the end of training with ``save_total_limit=1``, the latest checkpoint was only kept
+    beside the best one so that training could resume; now only the best one stays (HF)."""
+    args, best = trainer.args, trainer.state.best_model_checkpoint
+    if not (args.should_save and best is not None and args.save_total_limit == 1):
+        return
+    for path in sorted_checkpoints(checkpoint_root(trainer, trial)):
+        if os.path.abspath(path) != os.path.abspath(best):
+            shutil.rmtree(path, ignore_errors=True)
