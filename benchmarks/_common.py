@@ -1,4 +1,4 @@
-"""Timing helpers shared by the benchmarks: quiet timed calls, the two-length difference estimate
+"""Timing helpers shared by the benchmarks: quiet timed calls (wall and CPU), the two-length difference estimate
 of the steady-state time per step, robust summaries and a plain-text table.
 
 Shared CPUs are noisy, so every estimate here is built to cancel what does not scale with the
@@ -33,14 +33,17 @@ def quiet_stdout():
         yield
 
 
-def timed(run: Callable[[], object]) -> float:
-    """Seconds one call of ``run`` takes, after a collection so garbage from the previous run is
-    not collected inside this one."""
+def timed(run: Callable[[], object]) -> dict:
+    """Wall and process-CPU seconds one call of ``run`` takes, after a collection so garbage from
+    the previous run is not collected inside this one.
+
+    CPU time is the headline number: on a shared machine other processes steal wall time in bursts
+    that can double a run, but they barely change the CPU time this process spends."""
     gc.collect()
     with quiet_stdout():
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         run()
-        return time.perf_counter() - start
+        return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
 
 
 def per_step_by_difference(short_seconds: float, long_seconds: float, short_steps: int, long_steps: int) -> float:

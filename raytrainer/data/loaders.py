@@ -101,7 +101,9 @@ def _loader_options(num_workers, pin_memory, persistent_workers, prefetch_factor
                 f"prefetch_factor={prefetch_factor} needs worker processes; set num_workers "
                 f"(dataloader_num_workers) > 0 or leave prefetch_factor as None."
             )
-    options = {"num_workers": num_workers, "pin_memory": bool(pin_memory)}
+    # A generator of its own keeps iter(dataloader) from drawing on the global torch RNG, which
+    # would shift dropout masks between a resumed run and an uninterrupted one.
+    options = {"num_workers": num_workers, "pin_memory": bool(pin_memory), "generator": torch.Generator().manual_seed(0)}
     if num_workers > 0:
         options.update(persistent_workers=bool(persistent_workers),
                        worker_init_fn=_seed_worker_libraries)
