@@ -242,3 +242,30 @@ def test_callback_states_restored_only_when_asked(make_args, restore):
                       eval_dataset=RegressionDataset(4), compute_metrics=lambda p: {"score": 1.0}, callbacks=[fresh])
     trainer.train(resume_from_checkpoint=os.path.join(args.output_dir, "checkpoint-4"))
     assert fresh.early_stopping_patience_counter == (1 if restore else 0)
+
+
+def test_streaming_safetensors_files_interoperate_with_the_safetensors_library(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from raytrainer.checkpoints.safetensors_io import read_safetensors, write_safetensors
+
+    tensors = {"w": torch.randn(3, 5), "b16": torch.randn(4).to(torch.bfloat16), "i": torch.arange(6).view(2, 3),
+               "empty": torch.zeros(0, 2), "flag": torch.tensor([True, False])}
+    write_safetensors(str(tmp_path / "ours.safetensors"), tensors, metadata={"format": "pt"})
+    theirs = load_file(str(tmp_path / "ours.safetensors"))
+    assert all(torch.equal(theirs[k], v) for k, v in tensors.items())
+    save_file(tensors, str(tmp_path / "theirs.safetensors"))
+    target = {"w": torch.zeros(3, 5)}
+    ours = read_safetensors(str(tmp_path / "theirs.safetensors"), into=target)
+    assert ours["w"] is target["w"] and torch.equal(target["w"], tensors["w"])  # read in place
+    assert all(torch.equal(ours[k], v) for k, v in tensors.items())
+
+
+def test_a_failed_load_leaves_the_model_untouched(tmp_path):
+    model = RegressionModel()
+    weights.save_weights(model, str(tmp_path))
+    wider = RegressionModel(hidden=16)
+    before = [p.detach().clone() for p in wider.parameters()]
+    with pytest.raises(RuntimeError, match="does not fit"):
+        load_weights(wider, str(tmp_path))
+    assert all(torch.equal(a, b) for a, b in zip(before, wider.parameters()))

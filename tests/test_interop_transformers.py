@@ -255,7 +255,7 @@ def _classification_dataset(length, seed):
 def test_bert_learns_a_separable_task_and_evaluates(tmp_path):
     model = tiny_bert_classifier(seed=1)
     args = raytrainer.TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=5e-3,
+        output_dir=str(tmp_path), per_device_train_batch_size=8, per_device_eval_batch_size=16, learning_rate=2e-2,
         num_train_epochs=6, logging_strategy="epoch", eval_strategy="epoch", save_strategy="no", **QUIET)
     trainer = raytrainer.Trainer(model=model, args=args, train_dataset=_classification_dataset(32, 0),
                                  eval_dataset=_classification_dataset(16, 1), compute_metrics=_accuracy)
@@ -264,11 +264,12 @@ def test_bert_learns_a_separable_task_and_evaluates(tmp_path):
     after = trainer.evaluate()
 
     losses = [loss for _, loss in _loss_logs(trainer)]
-    assert len(losses) == 6 and losses[-1] < 0.5 * losses[0]
+    assert len(losses) == 6 and losses[-1] < 0.2 * losses[0]
     assert set(before) == {"eval_loss", "eval_accuracy", "eval_runtime", "eval_samples_per_second",
                            "eval_steps_per_second"}
-    assert after["eval_loss"] < 0.5 * before["eval_loss"]
-    assert after["eval_accuracy"] == 1.0
+    assert before["eval_loss"] == pytest.approx(0.6934, abs=1e-3)  # ln 2: a fresh 2-class head
+    assert after["eval_loss"] < 0.2 * before["eval_loss"]
+    assert (before["eval_accuracy"], after["eval_accuracy"]) == (0.5, 1.0)
     assert after["epoch"] == 6.0
 
 
@@ -312,7 +313,9 @@ def test_causal_lm_gets_num_items_in_batch_and_matches_transformers(tmp_path):
                           gradient_accumulation_steps=4, learning_rate=0.01, num_train_epochs=3)
     # label tokens in the epoch: sum(length - 1 for the masked first label) = 27, for 4 micro-batches x 3 epochs
     tokens = sum(n - 1 for n in LM_LENGTHS)
-    assert seen[-24:] == [tokens] * 24  # the first 12 calls are raytrainer's, the last 12 transformers'
+    # raytrainer probes the model once (no count) in its constructor, then 12 micro-batches; then
+    # transformers' 12 micro-batches: every training forward got the whole window's count
+    assert seen == [None] + [tokens] * 24
     _assert_same_weights(results)
     _assert_same_losses(results)
     assert results["ours"][0].state.global_step == 3

@@ -5,10 +5,10 @@ import json
 import os
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from ..modeling import unwrap_model
 from .layout import TORCH_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+from .safetensors_io import read_header, read_safetensors, write_safetensors
 
 MAX_SHARD_BYTES = 5 * 10**9  # the HF default max_shard_size ("5GB")
 
@@ -25,12 +25,12 @@ def save_weights(model, folder: str, safe_serialization: bool = True) -> None:
         return
     shards = _plan_shards(state_dict, MAX_SHARD_BYTES)
     if len(shards) == 1:
-        save_file(state_dict, os.path.join(folder, WEIGHTS_NAME), metadata={"format": "pt"})
+        write_safetensors(os.path.join(folder, WEIGHTS_NAME), state_dict, metadata={"format": "pt"})
         return
     weight_map = {}
     for number, names in enumerate(shards, start=1):
         filename = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        save_file({name: state_dict[name] for name in names}, os.path.join(folder, filename), metadata={"format": "pt"})
+        write_safetensors(os.path.join(folder, filename), {n: state_dict[n] for n in names}, metadata={"format": "pt"})
         weight_map.update({name: filename for name in names})
     index = {"metadata": {"total_size": sum(_nbytes(t) for t in state_dict.values())}, "weight_map": weight_map}
     with open(os.path.join(folder, WEIGHTS_INDEX_NAME), "w") as f:
@@ -51,7 +51,7 @@ def _deduplicated_state_dict(model) -> dict:
             continue
         if key is not None:
             seen.add(key)
-        result[name] = tensor.detach().contiguous()
+        result[name] = tensor.detach()
     return result
 
 
@@ -67,43 +67,70 @@ def _plan_shards(state_dict: dict, max_bytes: int) -> list:
     return shards + [current] if current else shards or [[]]
 
 
-def read_state_dict(folder: str) -> dict:
+def _weight_files(folder: str) -> list:
+    """The safetensors files of a checkpoint (one, or the shards of an index); [] when it holds
+    a torch state dict instead."""
     index_path = os.path.join(folder, WEIGHTS_INDEX_NAME)
     if os.path.exists(index_path):
         with open(index_path) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-        state_dict = {}
-        for filename in files:
-            state_dict.update(load_file(os.path.join(folder, filename)))
-        return state_dict
+            return [os.path.join(folder, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
     if os.path.exists(os.path.join(folder, WEIGHTS_NAME)):
-        return load_file(os.path.join(folder, WEIGHTS_NAME))
+        return [os.path.join(folder, WEIGHTS_NAME)]
     if os.path.exists(os.path.join(folder, TORCH_WEIGHTS_NAME)):
-        return torch.load(os.path.join(folder, TORCH_WEIGHTS_NAME), map_location="cpu", weights_only=True)
+        return []
     raise FileNotFoundError(f"Checkpoint {folder} has no {WEIGHTS_NAME}, {WEIGHTS_INDEX_NAME} or {TORCH_WEIGHTS_NAME}.")
 
 
+def _saved_shapes(folder: str, files: list) -> dict:
+    if not files:
+        return {name: tuple(t.shape) for name, t in _torch_state_dict(folder).items()}
+    shapes = {}
+    for path in files:
+        with open(path, "rb") as f:
+            header, _ = read_header(f)
+        shapes.update({name: tuple(entry["shape"]) for name, entry in header.items()})
+    return shapes
+
+
+def _torch_state_dict(folder: str) -> dict:
+    return torch.load(os.path.join(folder, TORCH_WEIGHTS_NAME), map_location="cpu", weights_only=True)
+
+
+def read_state_dict(folder: str, into: dict = None) -> dict:
+    """All tensors of a checkpoint's weights; those matching a tensor of ``into`` are read
+    straight into its memory."""
+    files = _weight_files(folder)
+    if not files:
+        return _torch_state_dict(folder)
+    state_dict = {}
+    for path in files:
+        state_dict.update(read_safetensors(path, into))
+    return state_dict
+
+
 def load_weights(model, folder: str) -> None:
-    """Load the weights in ``folder`` into ``model``; any missing, unexpected or mis-shaped tensor
-    is an error that names the checkpoint and the tensors."""
+    """Load the weights in ``folder`` into ``model``. Names and shapes are checked against the
+    file headers before any byte is read, so a mismatch leaves the model untouched and the error
+    names the checkpoint and the tensors."""
     model = unwrap_model(model)
-    state_dict = read_state_dict(folder)
     expected = model.state_dict()
-    wrong_shape = [f"{name}: checkpoint {tuple(t.shape)} vs model {tuple(expected[name].shape)}"
-                   for name, t in state_dict.items() if name in expected and t.shape != expected[name].shape]
-    unexpected = sorted(set(state_dict) - set(expected))
-    if wrong_shape or unexpected:
-        details = "; ".join(wrong_shape + [f"unexpected tensor {name}" for name in unexpected])
+    saved = _saved_shapes(folder, _weight_files(folder))
+    wrong_shape = [f"{name}: checkpoint {shape} vs model {tuple(expected[name].shape)}"
+                   for name, shape in sorted(saved.items()) if name in expected and shape != tuple(expected[name].shape)]
+    unexpected = sorted(set(saved) - set(expected))
+    missing = [name for name in expected if name not in saved and not _is_tied_alias(expected, name, saved)]
+    if wrong_shape or unexpected or missing:
+        details = "; ".join(wrong_shape + [f"unexpected tensor {n}" for n in unexpected]
+                            + [f"missing tensor {n}" for n in missing])
         raise RuntimeError(f"Checkpoint {folder} does not fit {type(model).__name__}: {details}.")
-    result = model.load_state_dict(state_dict, strict=False)
-    missing = [name for name in result.missing_keys if not _is_tied_alias(model, name, state_dict)]
-    if missing:
-        raise RuntimeError(f"Checkpoint {folder} lacks tensors of {type(model).__name__}: {', '.join(missing)}.")
+    state_dict = read_state_dict(folder, into=expected)
+    # tensors read in place are done; the rest (other dtype or device) are copied by torch
+    pending = {name: t for name, t in state_dict.items() if t.data_ptr() != expected[name].data_ptr()}
+    if pending:
+        model.load_state_dict(pending, strict=False)
 
 
-def _is_tied_alias(model, name: str, loaded: dict) -> bool:
-    """True when ``name`` shares storage with a tensor that was loaded (a tied weight)."""
-    tensors = model.state_dict()
-    target = tensors[name]
-    return any(other != name and other in loaded and tensors[other].data_ptr() == target.data_ptr()
-               for other in tensors)
+def _is_tied_alias(tensors: dict, name: str, saved) -> bool:
+    """True when ``name`` shares storage with a tensor the checkpoint holds (a tied weight)."""
+    pointer = tensors[name].data_ptr()
+    return any(other != name and other in saved and tensors[other].data_ptr() == pointer for other in tensors)
