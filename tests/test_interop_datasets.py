@@ -26,12 +26,15 @@ class BagOfTokens(nn.Module):
     def logits(self, input_ids):
         return self.head(self.embed(input_ids).mean(1))
 
-    def forward(self, input_ids, labels=None):
-        self.batch_keys.append(("input_ids", "labels") if labels is not None else ("input_ids",))
+    def outputs(self, input_ids, labels):
         logits = self.logits(input_ids)
         if labels is None:
             return {"logits": logits}
         return {"loss": F.cross_entropy(logits, labels), "logits": logits}
+
+    def forward(self, input_ids, labels=None):
+        self.batch_keys.append(("input_ids", "labels") if labels is not None else ("input_ids",))
+        return self.outputs(input_ids, labels)
 
 
 class BagOfTokensWithExtras(BagOfTokens):
@@ -41,7 +44,7 @@ class BagOfTokensWithExtras(BagOfTokens):
         self.batch_keys.append(tuple(name for name, value in
                                      (("input_ids", input_ids), ("labels", labels), ("idx", idx), ("length", length))
                                      if value is not None))
-        return super().forward(input_ids, labels)
+        return self.outputs(input_ids, labels)
 
 
 def _dataset(length: int, seed: int = 0, extras: bool = True):
@@ -168,6 +171,25 @@ def test_predict_on_a_dataset_returns_predictions_in_order(tmp_path):
     # the loss is the mean of batch means, weighted by batch size: here the plain per-example mean
     assert output.metrics["test_loss"] == pytest.approx(losses.mean().item(), abs=1e-6)
     assert {"test_loss", "test_runtime", "test_samples_per_second", "test_steps_per_second"} == set(output.metrics)
+
+
+def test_evaluate_and_predict_on_datasets_match_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    sets = {"near": _dataset(8, seed=1), "far": _dataset(6, seed=2)}
+    results = {}
+    for name, module in (("ours", raytrainer), ("hf", transformers)):
+        args = module.TrainingArguments(output_dir=str(tmp_path / name), per_device_eval_batch_size=4, **QUIET)
+        trainer = module.Trainer(model=BagOfTokens(seed=5), args=args, eval_dataset=sets)
+        metrics = trainer.evaluate()
+        prediction = trainer.predict(_dataset(10, seed=3))
+        results[name] = ({key: value for key, value in metrics.items() if "_loss" in key}, prediction)
+    (our_metrics, ours), (hf_metrics, hf) = results["ours"], results["hf"]
+    assert our_metrics == pytest.approx(hf_metrics, abs=1e-6)
+    assert set(our_metrics) == {"eval_near_loss", "eval_far_loss"}
+    torch.testing.assert_close(torch.from_numpy(ours.predictions), torch.from_numpy(hf.predictions), atol=1e-6, rtol=1e-6)
+    assert ours.label_ids.tolist() == hf.label_ids.tolist()
+    assert set(ours.metrics) == set(hf.metrics)
+    assert ours.metrics["test_loss"] == pytest.approx(hf.metrics["test_loss"], abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
