@@ -3,6 +3,7 @@ to resume from. A checkpoint is written as ``.tmp-checkpoint-<step>-<pid>`` and 
 complete, so a folder named ``checkpoint-<step>`` is complete unless something outside raytrainer
 damaged it; ``is_complete`` checks the files a resume needs anyway."""
 
+import json
 import os
 import re
 import shutil
@@ -54,9 +55,20 @@ def has_weights(folder: str) -> bool:
 def missing_files(folder: str) -> list:
     """What a checkpoint lacks to be resumed from (an empty list for a complete one)."""
     missing = [] if has_weights(folder) else [WEIGHTS_NAME]
-    if not os.path.exists(os.path.join(folder, TRAINER_STATE_NAME)):
-        missing.append(TRAINER_STATE_NAME)
-    return missing
+    required = [TRAINER_STATE_NAME]
+    if _saved_training_objects(folder):
+        required += [OPTIMIZER_NAME, SCHEDULER_NAME]
+    return missing + [name for name in required if not os.path.exists(os.path.join(folder, name))]
+
+
+def _saved_training_objects(folder: str) -> bool:
+    """Whether the run that wrote ``folder`` saved optimizer and scheduler (not save_only_model);
+    only raytrainer's training_args.json says so, HF's checkpoints are taken as they are."""
+    try:
+        with open(os.path.join(folder, TRAINING_ARGS_NAME)) as f:
+            return not json.load(f).get("save_only_model", False)
+    except (OSError, ValueError):
+        return False
 
 
 def latest_complete_checkpoint(root: str):

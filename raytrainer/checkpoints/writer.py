@@ -15,12 +15,10 @@ from .layout import (
     SCHEDULER_NAME,
     TRAINER_STATE_NAME,
     TRAINING_ARGS_NAME,
-    checkpoint_dir,
-    remove_stale_temporaries,
     rotate_checkpoints,
     sorted_checkpoints,
-    temporary_dir,
 )
+from .sinks import LocalSink
 from .weights import save_weights
 
 
@@ -44,29 +42,32 @@ def save_model_folder(trainer, output_dir: str) -> None:
 def save_checkpoint(trainer, model, trial=None) -> str:
     """Write ``checkpoint-<global_step>`` and rotate older ones; returns its path.
 
-    Rank 0 writes the replicated state (weights, optimizer, scheduler, trainer state); every rank
-    writes its own RNG state. The folder appears under its final name only once complete."""
+    Processes that save (rank 0, or each node's first with ``save_on_each_node``) write the
+    replicated state: weights, optimizer, scheduler, trainer state. Every rank writes its own RNG
+    state. The folder appears under its final name only once complete."""
     args, state = trainer.args, trainer.state
-    root = checkpoint_root(trainer, trial)
-    final = checkpoint_dir(root, state.global_step)
+    sink = checkpoint_sink(trainer, trial)
     writes_shared = args.should_save
-    tmp = temporary_dir(root, state.global_step)
+    staging = sink.stage(state.global_step, writes_shared)
+    _save_rng_state(staging, args.process_index)
     if writes_shared:
-        remove_stale_temporaries(root)
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_weights(model, tmp, args.save_safetensors)
+        save_weights(model, staging, args.save_safetensors)
         if not args.save_only_model:
-            _save_training_objects(trainer, tmp)
-        _save_rng_state(tmp, args.process_index)
-        record_best_checkpoint(trainer, root)
+            _save_training_objects(trainer, staging)
+        record_best_checkpoint(trainer, sink.root)
         state.stateful_callbacks = callback_states(trainer)
-        state.save_to_json(os.path.join(tmp, TRAINER_STATE_NAME))
-        _write_text(os.path.join(tmp, TRAINING_ARGS_NAME), args.to_json_string())
-        if os.path.exists(final):  # a folder of the same step from an earlier run: replace it whole
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        rotate_checkpoints(root, args.save_total_limit, state.best_model_checkpoint)
+        state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
+        _write_text(os.path.join(staging, TRAINING_ARGS_NAME), args.to_json_string())
+    final = sink.commit(staging, state.global_step, {"step": state.global_step, "epoch": state.epoch}, writes_shared)
+    if writes_shared:
+        rotate_checkpoints(sink.root, args.save_total_limit, state.best_model_checkpoint)
     return final
+
+
+def checkpoint_sink(trainer, trial=None):
+    """The trainer's sink (set by the Ray worker runtime), or a local one under ``output_dir``."""
+    sink = getattr(trainer, "_checkpoint_sink", None)
+    return sink if sink is not None else LocalSink(checkpoint_root(trainer, trial))
 
 
 def _save_training_objects(trainer, folder: str) -> None:
@@ -118,6 +119,6 @@ def finalize_checkpoints(trainer, trial=None) -> None:
     args, best = trainer.args, trainer.state.best_model_checkpoint
     if not (args.should_save and best is not None and args.save_total_limit == 1):
         return
-    for path in sorted_checkpoints(checkpoint_root(trainer, trial)):
+    for path in sorted_checkpoints(checkpoint_sink(trainer, trial).root):
         if os.path.abspath(path) != os.path.abspath(best):
             shutil.rmtree(path, ignore_errors=True)
