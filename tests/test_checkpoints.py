@@ -164,7 +164,7 @@ def test_mismatched_model_and_missing_files_name_the_problem(make_args):
     with pytest.raises(RuntimeError, match=r"checkpoint-2 does not fit RegressionModel: .*fc1.weight: checkpoint \(8, 4\) vs model \(16, 4\)"):
         load_weights(RegressionModel(hidden=16), folder)
     os.remove(os.path.join(folder, "optimizer.pt"))
-    with pytest.raises(FileNotFoundError, match="has no optimizer.pt"):
+    with pytest.raises(ValueError, match="not a complete Trainer checkpoint: it lacks optimizer.pt"):
         Trainer(model=RegressionModel(), args=args, train_dataset=RegressionDataset(8)).train(resume_from_checkpoint=folder)
 
 
