@@ -7,14 +7,34 @@ import torch.nn as nn
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The user's module under DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    """The user's module under ``torch.compile`` (``_orig_mod``), PEFT (``get_base_model``) and
+    DDP-style wrappers (a ``.module`` behind a forward that only passes everything on)."""
     while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
+        inner = _wrapped_model(model)
+        if inner is None or inner is model:
             return model
+        model = inner
+
+
+def _wrapped_model(model):
+    if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        return model._orig_mod
+    if callable(getattr(model, "get_base_model", None)):
+        return model.get_base_model()
+    module = getattr(model, "module", None)
+    if isinstance(module, nn.Module) and _only_forwards_everything(model):
+        return module
+    return None
+
+
+def _only_forwards_everything(module) -> bool:
+    """True for wrappers whose forward is ``(*args, **kwargs)`` (DDP, DataParallel, FSDP...), so
+    a user model that happens to own a sub-module called ``module`` is left alone."""
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters)
 
 
 @dataclass(frozen=True)
@@ -24,6 +44,7 @@ class ModelSignature:
     accepts_loss_kwargs: bool  # forward takes num_items_in_batch (explicitly or via **kwargs)
     can_return_loss: bool  # forward has return_loss=True (contrastive models)
     label_names: tuple  # default label names: forward parameters that look like labels
+    shifts_labels: bool  # a causal LM loss: position 0 of the labels is never predicted
 
 
 def inspect_model(model: nn.Module) -> ModelSignature:
@@ -39,7 +60,13 @@ def inspect_model(model: nn.Module) -> ModelSignature:
         labels = tuple(n for n in named if "label" in n or n in ("start_positions", "end_positions"))
     else:
         labels = tuple(n for n in named if "label" in n)
-    return ModelSignature(named, var_kwargs, bool(accepts_loss_kwargs), can_return_loss, labels)
+    return ModelSignature(named, var_kwargs, bool(accepts_loss_kwargs), can_return_loss, labels, _shifts_labels(core))
+
+
+def _shifts_labels(model) -> bool:
+    loss_type = getattr(model, "loss_type", None)
+    causal = loss_type == "ForCausalLM" if loss_type is not None else type(model).__name__.endswith("ForCausalLM")
+    return causal and not getattr(getattr(model, "config", None), "is_encoder_decoder", False)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -53,6 +53,12 @@ class Trainer:
     Every argument is validated here, before any training starts.
     """
 
+    def __new__(cls, *args, **kwargs):
+        trainer = super().__new__(cls)
+        # the exact constructor call, so Ray workers can rebuild this (sub)class the same way
+        trainer._constructor_call = (args, kwargs)
+        return trainer
+
     def __init__(
         self,
         model: Optional[nn.Module] = None,
@@ -113,7 +119,8 @@ class Trainer:
         self._past = None
         self.current_flos = 0
         self._precision = None
-        self._train_batch_size = args.train_batch_size  # halved by auto_find_batch_size on OOM
+        self._train_batch_size = args.train_batch_size  # reduced by auto_find_batch_size on OOM
+        self.current_gradient_accumulation_steps = args.gradient_accumulation_steps
 
         self.state = TrainerState(
             is_local_process_zero=self.is_local_process_zero(),
@@ -193,10 +200,12 @@ class Trainer:
         """The training dataloader: a seeded per-epoch shuffle, sharded across Ray workers."""
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
-        dataset = self._remove_unused_columns(self.train_dataset, "training")
         lengths = None
-        if self.args.group_by_length and hasattr(dataset, "column_names") and self.args.length_column_name in dataset.column_names:
-            lengths = list(dataset[self.args.length_column_name])
+        original = self.train_dataset
+        if (self.args.group_by_length and hasattr(original, "column_names")
+                and self.args.length_column_name in original.column_names):
+            lengths = list(original[self.args.length_column_name])  # read before unused columns go
+        dataset = self._remove_unused_columns(original, "training")
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return build_train_dataloader(
             dataset, self._collator_for(dataset, "training"), self._train_batch_size,
@@ -340,7 +349,7 @@ class Trainer:
         with self.compute_loss_context_manager():
             loss = self._call_compute_loss(model, inputs, num_items_in_batch)
         if (not self.model_accepts_loss_kwargs or num_items_in_batch is None) and self.compute_loss_func is None:
-            loss = loss / self.args.gradient_accumulation_steps
+            loss = loss / self.current_gradient_accumulation_steps
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
         else:

@@ -99,6 +99,7 @@ _CRASH_SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
     import torch
+    torch.set_num_threads({threads})  # the parent's: the test compares numbers across processes
     from conftest import RegressionDataset, RegressionModel
     import raytrainer.checkpoints.writer as writer
     from raytrainer import Trainer, TrainingArguments
@@ -119,7 +120,7 @@ _CRASH_SCRIPT = textwrap.dedent("""
 
 def test_crash_while_saving_leaves_the_previous_checkpoint_usable(make_args, tmp_path):
     out = str(tmp_path / "crash")
-    script = _CRASH_SCRIPT.format(tests=os.path.dirname(__file__), out=out)
+    script = _CRASH_SCRIPT.format(tests=os.path.dirname(__file__), out=out, threads=torch.get_num_threads())
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 90
     while time.time() < deadline and not any(

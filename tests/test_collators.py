@@ -197,8 +197,15 @@ def test_signature_columns_lists_forward_parameters_then_label_columns():
     assert signature_columns(_Classifier(), label_names=["start", "labels"]) == expected + ["start"]
 
 
-def test_signature_columns_is_none_when_forward_takes_kwargs():
-    assert signature_columns(_TakesKwargs()) is None
+def test_signature_columns_with_kwargs_keeps_named_inputs_only():
+    # transformers models name their inputs and take **kwargs: unnamed columns still go (HF)
+    assert signature_columns(_TakesKwargs()) == ["input_ids", "label", "label_ids"]
+
+    class TakesEverything(nn.Module):
+        def forward(self, **inputs):
+            return inputs
+
+    assert signature_columns(TakesEverything()) is None  # names nothing: keep every column
 
 
 def test_signature_columns_sees_through_wrappers_but_not_user_attributes():

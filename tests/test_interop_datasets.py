@@ -117,11 +117,6 @@ def test_no_column_the_model_takes_is_a_clear_error(tmp_path):
         _trainer(tmp_path, BagOfTokens(), unrelated).train()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "raytrainer keeps every column when forward takes **kwargs, and every transformers 5 model's forward "
-    "does; the spec says remove_unused_columns removes the columns forward does not use, and "
-    "transformers.Trainer removes them by name, so this ragged unused column breaks only raytrainer's "
-    "default collator."))
 def test_unused_columns_are_removed_for_a_transformers_model(tmp_path):
     pytest.importorskip("transformers")
     from _hf_models import tiny_bert_classifier
@@ -240,11 +235,6 @@ def test_group_by_length_without_a_length_column_measures_input_ids(tmp_path):
     _assert_grouped_by_the_length_column(_grouped_batches(trainer))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "remove_unused_columns drops the 'length' column before group_by_length looks for it, so a model "
-    "whose forward does not take `length` gets lengths measured from input_ids instead; the spec says "
-    "the column is used whenever it exists (transformers 5 has the same defect; 4.x read the column "
-    "from the unpruned dataset)."))
 def test_group_by_length_uses_the_length_column_even_when_forward_does_not_take_it(tmp_path):
     trainer = _trainer(tmp_path, BagOfTokens(), _length_dataset(), per_device_train_batch_size=2,
                        group_by_length=True)

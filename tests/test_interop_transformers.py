@@ -2,8 +2,7 @@
 
 Both trainers get the same initial weights and data. Where their behaviours differ on purpose (the
 spec in ``/work/shared/spec`` is silent or says otherwise) the test pins the exact difference, so a
-change on either side is noticed; where raytrainer is the one that is wrong the test is a strict
-xfail whose reason says why.
+change on either side is noticed.
 """
 
 import copy
@@ -226,10 +225,6 @@ def test_logged_learning_rate_is_the_rate_after_the_step_unlike_transformers(tmp
     assert hf == pytest.approx([0.0, 0.005, 0.01, 0.005])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "raytrainer divides a partial last accumulation window by gradient_accumulation_steps instead of by "
-    "the number of micro-batches in it, so its gradient and logged loss are len(window)/accumulation "
-    "times too small (transformers divides by the window's own size)."))
 def test_partial_last_window_is_a_mean_like_transformers(tmp_path):
     # 3 batches of 4, accumulation 4: every epoch is one partial window of 3 micro-batches
     torch.manual_seed(0)
@@ -321,10 +316,6 @@ def test_causal_lm_gets_num_items_in_batch_and_matches_transformers(tmp_path):
     assert results["ours"][0].state.global_step == 3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "raytrainer counts label position 0 in num_items_in_batch for causal LMs, whose loss shifts the "
-    "labels so position 0 is never predicted; transformers counts labels[..., 1:]. With unmasked first "
-    "labels the token-level loss is divided by too many items."))
 def test_causal_lm_counts_only_predicted_tokens_like_transformers(tmp_path):
     rows = padded_lm_rows(LM_LENGTHS, mask_first_label=False)
     results = _train_both(tmp_path, tiny_llama_lm(), ListDataset(rows), per_device_train_batch_size=2,

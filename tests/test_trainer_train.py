@@ -14,7 +14,8 @@ def bare_loop(model, dataset, *, lr, weight_decay, warmup_steps, epochs, batch_s
               max_grad_norm, seed):
     """The HF Trainer's maths written out by hand: AdamW without decay on biases and norm weights,
     linear warmup/decay, loss / accumulation, clipping before each step, the last partial
-    accumulation window still stepping. Returns the per-micro-batch losses."""
+    accumulation window still stepping with its loss averaged over the micro-batches it has (HF
+    v5's current_gradient_accumulation_steps). Returns the per-micro-batch losses."""
     decay = [p for n, p in model.named_parameters() if not n.endswith("bias") and not n.startswith("norm")]
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or n.startswith("norm")]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
@@ -34,8 +35,9 @@ def bare_loop(model, dataset, *, lr, weight_decay, warmup_steps, epochs, batch_s
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + epoch))
         batches = [order[i:i + batch_size] for i in range(0, len(dataset), batch_size)]
         for start in range(0, len(batches), accumulation):
-            for index in batches[start:start + accumulation]:
-                loss = model(dataset.x[index], dataset.y[index])["loss"] / accumulation
+            window = batches[start:start + accumulation]
+            for index in window:
+                loss = model(dataset.x[index], dataset.y[index])["loss"] / len(window)
                 loss.backward()
                 losses.append(loss.item())
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -61,7 +63,7 @@ def test_parameters_match_bare_loop_bit_for_bit(make_args):
     for (name, trained), expected in zip(trainer.model.named_parameters(), reference.parameters()):
         assert torch.equal(trained, expected), name
     assert trainer.model is model  # local mode trains the user's own object
-    # logged loss = mean of the un-scaled... HF logs the sum of (loss / accumulation) per step
+    # the logged loss of a step is the sum of its micro-batches' (loss / window size)
     step_losses = _per_step_sums(losses, batches_per_epoch=10, accumulation=3, epochs=2)
     logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     expected_logged = [round((step_losses[i] + step_losses[i + 1]) / 2, 4) for i in range(0, 8, 2)]

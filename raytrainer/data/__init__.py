@@ -10,7 +10,6 @@ from raytrainer.data.columns import (
     RemoveColumnsCollator,
     remove_unused_hf_columns,
     signature_columns,
-    unwrap_model,
 )
 from raytrainer.data.loaders import (
     IterableDatasetShard,
@@ -47,5 +46,4 @@ __all__ = [
     "set_dataloader_epoch",
     "shard_order",
     "signature_columns",
-    "unwrap_model",
 ]

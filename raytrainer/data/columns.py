@@ -14,47 +14,18 @@ from typing import Callable, Sequence
 
 from torch import nn
 
+from ..modeling import unwrap_model
+
 logger = logging.getLogger("raytrainer")
 
 _LABEL_COLUMNS = ("label", "label_ids")
 
 
-def _only_forwards_everything(module) -> bool:
-    """True for wrappers whose forward is ``(*args, **kwargs)`` (DDP, DataParallel, FSDP...)."""
-    try:
-        parameters = inspect.signature(module.forward).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    return all(parameter.kind in variadic for parameter in parameters)
-
-
-def unwrap_model(model):
-    """Peel torch.compile (``_orig_mod``), PEFT and DDP-style wrappers off ``model``.
-
-    A ``.module`` attribute is only followed when the outer forward merely passes everything on,
-    so a user model that happens to own a sub-module called ``module`` is left alone.
-    """
-    while True:
-        inner = _wrapped_model(model)
-        if inner is None or inner is model:
-            return model
-        model = inner
-
-
-def _wrapped_model(model):
-    if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-        return model._orig_mod
-    if callable(getattr(model, "get_base_model", None)):
-        return model.get_base_model()
-    module = getattr(model, "module", None)
-    if isinstance(module, nn.Module) and _only_forwards_everything(model):
-        return module
-    return None
-
-
 def signature_columns(model, label_names: Sequence[str] | None = None) -> list[str] | None:
-    """Names ``model.forward`` accepts plus the label columns; None if it takes ``**kwargs``.
+    """Names ``model.forward`` accepts plus the label columns; None if it names no input at all.
+
+    A forward with named inputs and ``**kwargs`` (every transformers model) still has its
+    unnamed columns removed, as HF does; only a forward that is nothing but ``**kwargs`` keeps all.
 
     ``label``/``label_ids`` are always kept because the collators rename them to ``labels``.
     None means every column may reach the model, so nothing should be removed.
@@ -65,12 +36,10 @@ def signature_columns(model, label_names: Sequence[str] | None = None) -> list[s
             f"model must have a callable forward method to select columns, got "
             f"{type(model).__name__}; pass an nn.Module or set remove_unused_columns=False."
         )
-    columns = []
-    for name, parameter in inspect.signature(forward).parameters.items():
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            return None
-        if parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
-            columns.append(name)
+    parameters = inspect.signature(forward).parameters.values()
+    columns = [p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not columns:
+        return None  # forward(**inputs) names nothing, so it takes everything
     for name in (*_LABEL_COLUMNS, *(label_names or ())):
         if name not in columns:
             columns.append(name)

@@ -32,11 +32,19 @@ def fetch_batches(trainer, epoch_iterator, num_batches: int, device=None):
     count = None
     wants_count = trainer.model_accepts_loss_kwargs or trainer.compute_loss_func is not None
     if wants_count and batches and isinstance(batches[0], dict) and "labels" in batches[0]:
-        count = sum(batch["labels"].ne(-100).sum() for batch in batches)
+        count = sum(_counted_labels(batch, trainer._signature.shifts_labels).ne(-100).sum() for batch in batches)
         if trainer.args.average_tokens_across_devices and trainer.args.world_size > 1:
             count = _all_reduce_sum(count.to(trainer.args.device))
         count = count.to(device or trainer.args.device)
     return batches, count
+
+
+def _counted_labels(batch, shifts_labels: bool):
+    """The label positions the loss predicts: a causal LM never predicts position 0 (a collator
+    may also hand over ready ``shift_labels``)."""
+    if "shift_labels" in batch:
+        return batch["shift_labels"]
+    return batch["labels"][..., 1:] if shifts_labels else batch["labels"]
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -128,6 +136,8 @@ class TrainingLoop:
                 batches, num_items = trainer.get_batch_samples(iterator, window, args.device)
                 if not batches:
                     break
+                # the last window of an epoch may be short: its loss is the mean over what it has
+                trainer.current_gradient_accumulation_steps = len(batches)
                 for index, inputs in enumerate(batches):
                     step += 1
                     is_last_in_window = index == len(batches) - 1

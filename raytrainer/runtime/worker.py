@@ -1,27 +1,84 @@
 """Worker side: the function Ray Train runs on every worker (in-process in local mode)."""
 
+import contextlib
+import os
+
 import ray.train
 from accelerate.utils import find_executable_batch_size
 
+from ..checkpoints.sinks import RUN_ID_NAME, RayStorageSink
 from ..loop.training import TrainingLoop
 
 
-def train_loop_per_worker(config: dict) -> None:
-    job = config["job"]
-    trainer = job.trainer
+def run_loop(trainer, resume_from_checkpoint, trial, ignore_keys_for_eval):
+    """One training run, retried with smaller batches after out-of-memory errors when
+    ``auto_find_batch_size`` is set (accelerate's search: x0.9 per retry)."""
 
-    def run_loop(batch_size: int):
+    def attempt(batch_size: int):
         trainer._train_batch_size = batch_size
-        # a retry after an out-of-memory error starts from the optimizer the user gave (if any):
-        # the schedule length depends on the batch size
+        # a retry starts from the optimizer the user gave (if any): the schedule depends on the batch size
         trainer.optimizer, trainer.lr_scheduler = trainer._given_optimizers
-        return TrainingLoop(trainer, job.resume_from_checkpoint, job.trial, job.ignore_keys_for_eval).run()
+        return TrainingLoop(trainer, resume_from_checkpoint, trial, ignore_keys_for_eval).run()
 
     if trainer.args.auto_find_batch_size:
-        # accelerate's search: retry with a smaller batch (x0.9) after each out-of-memory error
-        output = find_executable_batch_size(run_loop, starting_batch_size=trainer._train_batch_size)()
-    else:
-        output = run_loop(trainer._train_batch_size)
+        return find_executable_batch_size(attempt, starting_batch_size=trainer._train_batch_size)()
+    return attempt(trainer._train_batch_size)
+
+
+def local_train_loop(config: dict) -> None:
+    """Local mode: the job holds the user's own Trainer object."""
+    job = config["job"]
+    output = run_loop(job.trainer, job.resume_from_checkpoint, job.trial, job.ignore_keys_for_eval)
     job.result["output"] = output
-    # Rank 0's final metrics become Ray's Result.metrics; every rank must call report once.
+    # the final metrics become Ray's Result.metrics
     ray.train.report({**output.metrics, "step": output.global_step})
+
+
+def remote_train_loop(config: dict) -> None:
+    """A Ray Train worker: rebuild the Trainer from its blueprint, train, send the result home."""
+    from .channel import LogStreamCallback
+
+    job = config["job"]
+    context = ray.train.get_context()
+    trainer = ray.get(job.blueprint_ref).build()
+    for display in ("ProgressCallback", "PrinterCallback", "NotebookProgressCallback"):
+        for callback in [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == display]:
+            trainer.callback_handler.remove_callback(callback)
+    is_rank_zero = context.get_world_rank() == 0
+    if is_rank_zero:
+        trainer.add_callback(LogStreamCallback(job.channel))
+    trainer._checkpoint_sink = RayStorageSink(experiment_folder(), job.run_id)
+    with _resume_point(job) as resume_from_checkpoint:
+        output = run_loop(trainer, resume_from_checkpoint, job.trial, job.ignore_keys_for_eval)
+    if is_rank_zero:
+        ray.get(job.channel.set_result.remote(final_result(trainer, output)))
+    ray.train.report({**output.metrics, "step": output.global_step})
+
+
+def experiment_folder() -> str:
+    """Ray Train's storage folder for this run (``{storage_path}/{name}``)."""
+    return ray.train.get_context().get_storage().experiment_fs_path
+
+
+@contextlib.contextmanager
+def _resume_point(job):
+    """Where this worker resumes from: Ray's latest checkpoint when it was written by this very
+    ``train()`` call (a worker restart), else what the user asked for (``resume_from_checkpoint``).
+    A checkpoint left in storage by an earlier run is not resumed silently."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        yield job.resume_from_checkpoint
+        return
+    with checkpoint.as_directory() as folder:
+        marker = os.path.join(folder, RUN_ID_NAME)
+        written_by_this_run = os.path.exists(marker) and open(marker).read() == job.run_id
+        yield folder if written_by_this_run else job.resume_from_checkpoint
+
+
+def final_result(trainer, output) -> dict:
+    import dataclasses
+
+    from ..modeling import unwrap_model
+
+    weights = {name: t.detach().to("cpu") for name, t in unwrap_model(trainer.model).state_dict().items()}
+    return {"weights": weights, "state": dataclasses.asdict(trainer.state), "output": tuple(output)}
