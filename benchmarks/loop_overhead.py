@@ -52,13 +52,13 @@ MAX_GRAD_NORM = 1.0
 GRADIENT_ACCUMULATION_STEPS = 1
 LOGGING_STEPS = 50
 
-# (short, long) max_steps per workload, and the default number of rounds, for each mode.
-STEP_COUNTS = {
-    "full": {"mlp": (100, 2100), "transformer": (4, 40)},
-    "quick": {"mlp": (20, 320), "transformer": (1, 5)},
-    "smoke": {"mlp": (2, 12), "transformer": (1, 3)},
+# Per mode and workload: (short max_steps, long max_steps, rounds). Many short rounds beat a few long
+# ones on a shared machine: the implementations of one round run seconds apart, under the same load.
+PLANS = {
+    "full": {"mlp": (50, 450, 12), "transformer": (2, 16, 9)},
+    "quick": {"mlp": (20, 220, 3), "transformer": (1, 5, 2)},
+    "smoke": {"mlp": (2, 12, 1), "transformer": (1, 3, 1)},
 }
-DEFAULT_ROUNDS = {"full": 5, "quick": 2, "smoke": 1}
 RATIOS = (("raytrainer", "bare"), ("transformers", "bare"), ("raytrainer", "transformers"))
 
 
@@ -303,17 +303,16 @@ def run_benchmark(mode: str = "full", workloads: tuple = ("mlp", "transformer"),
                   implementations=None) -> dict:
     """Measure every implementation on every workload; returns the JSON-ready result dict.
 
-    ``mode`` picks the step counts ("full", "quick" or "smoke", see ``STEP_COUNTS``) and the default
-    number of rounds; ``implementations`` defaults to all that import here."""
-    if mode not in STEP_COUNTS:
-        raise ValueError(f"mode={mode!r} is not one of {sorted(STEP_COUNTS)}.")
+    ``mode`` picks the step counts and rounds ("full", "quick" or "smoke", see ``PLANS``);
+    ``rounds`` overrides the plan's; ``implementations`` defaults to all that import here."""
+    if mode not in PLANS:
+        raise ValueError(f"mode={mode!r} is not one of {sorted(PLANS)}.")
     unknown = [name for name in workloads if name not in WORKLOADS]
     if unknown:
         raise ValueError(f"workloads {unknown} are unknown; choose from {sorted(WORKLOADS)}.")
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}.")
-    rounds = DEFAULT_ROUNDS[mode] if rounds is None else rounds
-    if not isinstance(rounds, int) or rounds < 1:
+    if rounds is not None and (not isinstance(rounds, int) or rounds < 1):
         raise ValueError(f"rounds must be a positive integer, got {rounds!r}.")
     implementations = tuple(implementations or available_implementations())
     silence_library_logs()
@@ -321,8 +320,9 @@ def run_benchmark(mode: str = "full", workloads: tuple = ("mlp", "transformer"),
     result = {"config": _environment(mode, threads, implementations), "workloads": {}}
     with tempfile.TemporaryDirectory(prefix="loop_overhead_") as output_dir:
         for name in workloads:
-            result["workloads"][name] = _benchmark_workload(WORKLOADS[name], implementations, rounds,
-                                                            STEP_COUNTS[mode][name], output_dir)
+            short, long, plan_rounds = PLANS[mode][name]
+            result["workloads"][name] = _benchmark_workload(WORKLOADS[name], implementations, rounds or plan_rounds,
+                                                            (short, long), output_dir)
     return result
 
 
@@ -377,7 +377,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="fewer steps and 2 rounds: a ~30 s smoke run")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for every implementation")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, 2 with --quick)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default: 12 for mlp, 9 for transformer; fewer with --quick)")
     parser.add_argument("--workloads", default="mlp,transformer", help="comma-separated: mlp, transformer")
     options = parser.parse_args(argv)
     result = run_benchmark("quick" if options.quick else "full", tuple(options.workloads.split(",")),

@@ -116,11 +116,10 @@ def _check_ray_configs(trainer) -> None:
                         f"{type(trainer.scaling_config).__name__}.")
     if trainer.run_config is not None and not isinstance(trainer.run_config, RunConfig):
         raise TypeError(f"Trainer: run_config must be a ray.train.RunConfig, got {type(trainer.run_config).__name__}.")
-    if not is_local_mode(trainer.scaling_config):
+    if not is_local_mode(trainer.scaling_config) and trainer.args.batch_eval_metrics:
         raise ValueError(
-            f"Trainer: scaling_config=ScalingConfig(num_workers={trainer.scaling_config.num_workers}) asks for "
-            "Ray Train workers, which this version does not run yet; use ScalingConfig(num_workers=0) to "
-            "train in this process (Ray Train local mode)."
+            "TrainingArguments.batch_eval_metrics=True is not supported with Ray Train workers (each worker "
+            "evaluates a shard of a different length); compute metrics on the whole set instead."
         )
 
 
@@ -150,6 +149,8 @@ def _check_training_features(trainer) -> None:
                          "remove the setting to train with plain data parallelism.")
     if is_local_mode(trainer.scaling_config):
         choose_precision(args, args.device)  # fp16 on a machine without CUDA fails here, not mid-run
+    elif (args.fp16 or args.fp16_full_eval) and not trainer.scaling_config.use_gpu:
+        raise ValueError("fp16=True needs GPU workers: set ScalingConfig(use_gpu=True), or use bf16=True on CPU.")
 
 
 def _check_early_stopping(args, callbacks) -> None:

@@ -7,6 +7,7 @@ import torch
 
 from ..outputs import EvalLoopOutput, EvalPrediction, denumpify_detensorize
 from ..modeling import unwrap_model
+from .distributed import broadcast_from_rank_zero, gather_objects, is_distributed, merge_rank_outputs
 from .nested import EvalLoopContainer, find_batch_size, nested_detach
 from .precision import choose_precision
 
@@ -62,7 +63,9 @@ def run_evaluation_loop(trainer, dataloader, description, prediction_loss_only, 
     args = trainer.args
     if prediction_loss_only is None:
         prediction_loss_only = args.prediction_loss_only
-    model = trainer.model_wrapped if trainer.is_in_train else trainer.model
+    # never the DDP wrapper: ranks may see different numbers of eval batches, and a DDP forward
+    # can start collectives (buffer broadcasts) that would then wait forever
+    model = _without_ddp(trainer.model_wrapped) if trainer.is_in_train else trainer.model
     if not trainer.is_in_train:
         model.to(args.device)
     precision_before = trainer._precision
@@ -116,14 +119,21 @@ def run_evaluation_loop(trainer, dataloader, description, prediction_loss_only, 
         trainer._precision = precision_before
     if args.past_index >= 0:
         trainer._past = None
-    all_losses, all_preds, all_labels, all_inputs = (s.get_arrays() for s in (losses, preds, labels_store, inputs_store))
+    arrays = tuple(s.get_arrays() for s in (losses, preds, labels_store, inputs_store))
     num_samples = _count_samples(dataloader, observed)
+    if is_distributed(args):
+        gathered = gather_objects((arrays, num_samples), args)
+        arrays = tuple(merge_rank_outputs([part[0][i] for part in gathered]) for i in range(4))
+        num_samples = sum(part[1] for part in gathered)
+    all_losses, all_preds, all_labels, all_inputs = arrays
     if trainer.compute_metrics is not None and all_preds is not None and all_labels is not None and not args.batch_eval_metrics:
-        metrics = trainer.compute_metrics(EvalPrediction(
-            all_preds, all_labels,
-            inputs=all_inputs if wants_inputs else None,
-            losses=all_losses if wants_losses else None,
-        ))
+        if trainer.is_world_process_zero():  # computed once; every rank then gets rank 0's result
+            metrics = trainer.compute_metrics(EvalPrediction(
+                all_preds, all_labels,
+                inputs=all_inputs if wants_inputs else None,
+                losses=all_losses if wants_losses else None,
+            ))
+        metrics = broadcast_from_rank_zero(metrics, args)
     metrics = denumpify_detensorize(dict(metrics or {}))
     if isinstance(all_losses, list) and all_losses:
         metrics[f"{prefix}_loss"] = np.concatenate(all_losses).mean().item()
@@ -133,6 +143,10 @@ def run_evaluation_loop(trainer, dataloader, description, prediction_loss_only, 
         if not key.startswith(f"{prefix}_"):
             metrics[f"{prefix}_{key}"] = metrics.pop(key)
     return EvalLoopOutput(predictions=all_preds, label_ids=all_labels, metrics=metrics, num_samples=num_samples)
+
+
+def _without_ddp(model):
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def _count_samples(dataloader, observed: int) -> int:

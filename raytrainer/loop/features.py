@@ -5,6 +5,7 @@ and ``torch.compile``. ``trainer.model`` always stays the user's module; the loo
 import torch
 
 from ..modeling import unwrap_model
+from .distributed import is_distributed
 
 
 def prepare_model_for_training(trainer):
@@ -24,8 +25,27 @@ def prepare_model_for_training(trainer):
     if args.torch_compile:
         wrapped = torch.compile(model, backend=args.torch_compile_backend or "inductor",
                                 mode=args.torch_compile_mode)
+    if is_distributed(args):
+        wrapped = _wrap_ddp(wrapped, model, args)
     trainer.model_wrapped = wrapped
     return wrapped
+
+
+def _wrap_ddp(wrapped, model, args):
+    """DistributedDataParallel with the ``ddp_*`` arguments; unused-parameter search defaults as
+    in HF: off for a transformers model with gradient checkpointing, on otherwise."""
+    if args.ddp_find_unused_parameters is not None:
+        find_unused = args.ddp_find_unused_parameters
+    else:
+        find_unused = not getattr(model, "is_gradient_checkpointing", False)
+    options = {"find_unused_parameters": find_unused}
+    if args.ddp_bucket_cap_mb is not None:
+        options["bucket_cap_mb"] = args.ddp_bucket_cap_mb
+    if args.ddp_broadcast_buffers is not None:
+        options["broadcast_buffers"] = args.ddp_broadcast_buffers
+    device = args.device
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids, **options)
 
 
 def release_training_features(trainer) -> None:

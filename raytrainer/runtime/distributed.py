@@ -1,5 +1,8 @@
 """Running the loop on Ray Train workers and bringing the result back to the driver."""
 
+import os
+import sys
+
 import ray
 from ray.train.torch import TorchTrainer
 
@@ -14,9 +17,15 @@ from .worker import remote_train_loop
 
 def ensure_ray() -> None:
     """Connect to the cluster in ``RAY_ADDRESS`` (or the one already joined), else start a local
-    Ray instance, as ``ray.init()`` does."""
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, log_to_driver=True)
+    Ray instance. A local instance gets this process's import path, so the modules a script
+    imports its model and dataset classes from import on the workers too."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}})
 
 
 def run_on_workers(trainer, *, resume_from_checkpoint, trial, ignore_keys_for_eval) -> TrainOutput:

@@ -40,7 +40,7 @@ def remote_train_loop(config: dict) -> None:
 
     job = config["job"]
     context = ray.train.get_context()
-    trainer = ray.get(job.blueprint_ref).build()
+    trainer = _load_blueprint(job.blueprint_ref).build()
     for display in ("ProgressCallback", "PrinterCallback", "NotebookProgressCallback"):
         for callback in [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == display]:
             trainer.callback_handler.remove_callback(callback)
@@ -53,6 +53,17 @@ def remote_train_loop(config: dict) -> None:
     if is_rank_zero:
         ray.get(job.channel.set_result.remote(final_result(trainer, output)))
     ray.train.report({**output.metrics, "step": output.global_step})
+
+
+def _load_blueprint(ref):
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RaySystemError as error:
+        raise RuntimeError(
+            f"The Trainer and its arguments could not be rebuilt on this Ray worker ({error}). The modules "
+            "that define your model, dataset and Trainer classes must be importable on every worker: install "
+            "them there, or ship them with ray.init(runtime_env={'working_dir': ...} or {'py_modules': [...]})."
+        ) from None
 
 
 def experiment_folder() -> str:
