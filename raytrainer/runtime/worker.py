@@ -1,6 +1,7 @@
 """Worker side: the function Ray Train runs on every worker (in-process in local mode)."""
 
 import contextlib
+import logging
 import os
 
 import ray.train
@@ -37,6 +38,10 @@ def local_train_loop(config: dict) -> None:
 def remote_train_loop(config: dict) -> None:
     """A Ray Train worker: rebuild the Trainer from its blueprint, train, send the result home."""
     from .channel import LogStreamCallback
+    from .preemption import PreemptionCallback
+
+    # Ray's per-report INFO lines would reach the driver as a flood of prefixed log lines
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
 
     job = config["job"]
     context = ray.train.get_context()
@@ -47,6 +52,9 @@ def remote_train_loop(config: dict) -> None:
     is_rank_zero = context.get_world_rank() == 0
     if is_rank_zero:
         trainer.add_callback(LogStreamCallback(job.channel))
+    preemption = PreemptionCallback()
+    preemption.install_sigterm_handler()
+    trainer.add_callback(preemption)
     trainer._checkpoint_sink = RayStorageSink(experiment_folder(), job.run_id)
     with _resume_point(job) as resume_from_checkpoint:
         output = run_loop(trainer, resume_from_checkpoint, job.trial, job.ignore_keys_for_eval)
