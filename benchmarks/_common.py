@@ -18,11 +18,20 @@ from typing import Callable, Sequence
 _NOISY_LOGGERS = ("ray", "raytrainer", "transformers", "accelerate")
 
 
-def silence_library_logs() -> None:
-    """Raise the noisy libraries' loggers to WARNING (ERROR for transformers' hints)."""
-    for name in list(logging.root.manager.loggerDict) + list(_NOISY_LOGGERS):
-        if name.split(".")[0] in _NOISY_LOGGERS:
+@contextlib.contextmanager
+def quiet_library_logs():
+    """Within the block, the noisy libraries' loggers are at WARNING (ERROR for transformers'
+    hints); their levels are restored after it, so a caller's own logging set-up survives."""
+    names = {name for name in list(logging.root.manager.loggerDict) + list(_NOISY_LOGGERS)
+             if name.split(".")[0] in _NOISY_LOGGERS}
+    saved = {name: logging.getLogger(name).level for name in names}
+    try:
+        for name in names:
             logging.getLogger(name).setLevel(logging.ERROR if name.startswith("transformers") else logging.WARNING)
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 @contextlib.contextmanager
@@ -62,6 +71,19 @@ def per_step_from_clock(step_end_times: Sequence[float], skip_steps: int) -> flo
                          f"{len(step_end_times)}); make the run longer or skip fewer steps.")
     span = step_end_times[-1] - step_end_times[skip_steps - 1]
     return span / (len(step_end_times) - skip_steps)
+
+
+def typical_step(step_end_times: Sequence[float], skip_steps: int, quantile: float = 0.25) -> float:
+    """A low quantile of the single-step durations after the first ``skip_steps`` steps: what an
+    undisturbed step costs. Bursts of load from other processes only lengthen steps, so they move
+    the mean but barely this; rare periodic work (a log line every 50 steps) is left out too."""
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be within [0, 1], got {quantile}.")
+    if skip_steps < 1 or len(step_end_times) <= skip_steps:
+        raise ValueError(f"need more than skip_steps + 1 timestamps (skip_steps={skip_steps}, got "
+                         f"{len(step_end_times)}); make the run longer or skip fewer steps.")
+    durations = sorted(b - a for a, b in zip(step_end_times[skip_steps - 1:], step_end_times[skip_steps:]))
+    return durations[int(quantile * (len(durations) - 1))]
 
 
 def summarise(values: Sequence[float]) -> dict:

@@ -32,6 +32,7 @@ from .loop.evaluation import run_evaluation_loop, run_prediction_step
 from .loop.losses import LabelSmoother, loss_from_outputs
 from .loop.nested import move_to_device
 from .loop.precision import choose_precision
+from .loop.training import fetch_batches
 from .modeling import count_parameters, inspect_model, unwrap_model
 from .outputs import PredictionOutput, speed_metrics
 from .seeding import enable_full_determinism, set_seed
@@ -119,6 +120,7 @@ class Trainer:
         self._past = None
         self.current_flos = 0
         self._precision = None
+        self._device = args.device  # read per batch; args.device asks torch.cuda every time
         self._train_batch_size = args.train_batch_size  # reduced by auto_find_batch_size on OOM
         self.current_gradient_accumulation_steps = args.gradient_accumulation_steps
 
@@ -308,7 +310,7 @@ class Trainer:
         if not inputs:
             raise ValueError("Trainer: the batch is empty after removing unused columns; check the dataset's "
                              "keys against the model's forward() arguments.")
-        inputs = move_to_device(inputs, self.args.device)
+        inputs = move_to_device(inputs, self._device)
         if self.args.past_index >= 0 and self._past is not None:
             inputs["mems"] = self._past
         return inputs
@@ -333,9 +335,9 @@ class Trainer:
             if self.compute_loss_func is not None:
                 loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
             else:
-                loss = self.label_smoother(outputs, labels, shift_labels=_is_causal_lm(model))
+                loss = self.label_smoother(outputs, labels, shift_labels=self._signature.shifts_labels)
         else:
-            loss = loss_from_outputs(outputs, type(unwrap_model(model)).__name__)
+            loss = loss_from_outputs(outputs, model)
         if (self.args.average_tokens_across_devices and num_items_in_batch is not None
                 and (self.model_accepts_loss_kwargs or self.compute_loss_func is not None)):
             # num_items_in_batch counts every rank's tokens, DDP averages gradients over ranks
@@ -344,7 +346,8 @@ class Trainer:
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         """Forward and backward of one micro-batch; returns the detached loss, scaled for accumulation."""
-        model.train()
+        if not model.training:  # after an evaluation; a no-op call would still walk every module
+            model.train()
         inputs = self._prepare_inputs(inputs)
         with self.compute_loss_context_manager():
             loss = self._call_compute_loss(model, inputs, num_items_in_batch)
@@ -374,8 +377,6 @@ class Trainer:
 
         The count (``num_items_in_batch``) is only taken when the model or ``compute_loss_func``
         uses it, because counting costs a reduction per batch."""
-        from .loop.training import fetch_batches
-
         return fetch_batches(self, epoch_iterator, num_batches, device)
 
     def floating_point_ops(self, inputs) -> int:
@@ -492,8 +493,3 @@ def _accepts_keyword(fn: Callable, name: str) -> bool:
 
     params = inspect.signature(fn).parameters
     return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
-def _is_causal_lm(model) -> bool:
-    return type(unwrap_model(model)).__name__.endswith("ForCausalLM")
-

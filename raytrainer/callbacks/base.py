@@ -197,24 +197,49 @@ class CallbackHandler(TrainerCallback):
         return self._dispatch("on_push_begin", args, state, control, kwargs)
 
     def _dispatch(self, event, args, state, control, extra, **event_kwargs):
-        """Call ``event`` on every callback in order; a returned TrainerControl replaces ``control``."""
-        for callback in self.callbacks:
-            result = getattr(callback, event)(
-                args,
-                state,
-                control,
-                model=self.model,
-                processing_class=self.processing_class,
-                optimizer=self.optimizer,
-                lr_scheduler=self.lr_scheduler,
-                train_dataloader=self.train_dataloader,
-                eval_dataloader=self.eval_dataloader,
-                **event_kwargs,
-                **extra,
-            )
+        """Call ``event`` on every callback that implements it, in order; a returned
+        TrainerControl replaces ``control``. Callbacks that inherit the base class's no-op are
+        skipped: this runs several times per step."""
+        listeners = self._listeners(event)
+        if not listeners:
+            return control
+        kwargs = {
+            "model": self.model,
+            "processing_class": self.processing_class,
+            "optimizer": self.optimizer,
+            "lr_scheduler": self.lr_scheduler,
+            "train_dataloader": self.train_dataloader,
+            "eval_dataloader": self.eval_dataloader,
+            **event_kwargs,
+            **extra,
+        }
+        for callback in listeners:
+            result = getattr(callback, event)(args, state, control, **kwargs)
             if result is not None:
                 control = _checked_control(result, callback, event)
         return control
+
+    def _listeners(self, event: str) -> list:
+        # rebuilt when the callback list changes (compared by identity and length)
+        cache = self.__dict__.get("_listener_cache")
+        key = (id(self.callbacks), len(self.callbacks), tuple(map(id, self.callbacks)))
+        if cache is None or cache[0] != key:
+            cache = (key, {})
+            self.__dict__["_listener_cache"] = cache
+        listeners = cache[1].get(event)
+        if listeners is None:
+            base = getattr(TrainerCallback, event)
+            listeners = [cb for cb in self.callbacks if _implements(cb, event, base)]
+            cache[1][event] = listeners
+        return listeners
+
+
+def _implements(callback, event: str, base) -> bool:
+    """Whether ``callback`` does something on ``event``: it overrides the method (in its class or
+    on the instance) or resolves attributes dynamically, in which case it is always called."""
+    cls = type(callback)
+    return (getattr(cls, event, base) is not base or event in getattr(callback, "__dict__", {})
+            or cls.__getattribute__ is not object.__getattribute__ or hasattr(cls, "__getattr__"))
 
 
 def _as_callback_instance(callback) -> TrainerCallback:

@@ -100,9 +100,13 @@ class RemoveColumnsCollator:
         return kept
 
     def _remove_columns(self, feature):
-        if not isinstance(feature, Mapping):
+        # the exact-type test first: isinstance(x, Mapping) is an ABC check, slow per example
+        if type(feature) is not dict and not isinstance(feature, Mapping):
             return feature  # tuples and tensors carry no column names to prune
-        kept = self._kept_keys(tuple(feature))
+        keys = tuple(feature)
+        kept = self._kept_keys(keys)
+        if len(kept) == len(keys):
+            return feature  # nothing to drop: no copy
         return {key: feature[key] for key in kept}
 
     def __call__(self, features):

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 
-def loss_from_outputs(outputs, model_name: str = "the model"):
+def loss_from_outputs(outputs, model=None):
     """The loss a model returned, or a clear error saying what it returned instead."""
     if isinstance(outputs, Mapping):
         if outputs.get("loss") is None:
             raise ValueError(
-                f"{model_name} did not return a loss: its output has only the keys {sorted(outputs)}. "
+                f"{_name(model)} did not return a loss: its output has only the keys {sorted(outputs)}. "
                 "Make forward() compute a loss when labels are passed (HF convention), pass "
                 "compute_loss_func= to the Trainer, or check label_names / remove_unused_columns so "
                 "the labels reach forward()."
@@ -28,9 +28,18 @@ def loss_from_outputs(outputs, model_name: str = "the model"):
     if isinstance(outputs, torch.Tensor) and outputs.dim() == 0:
         return outputs
     raise ValueError(
-        f"{model_name} returned {type(outputs).__name__}, from which no loss can be read. Return a "
+        f"{_name(model)} returned {type(outputs).__name__}, from which no loss can be read. Return a "
         "dict with a 'loss' key or a tuple whose first element is the loss."
     )
+
+
+def _name(model) -> str:
+    """The model's class name, for error messages only (unwrapping costs attribute look-ups)."""
+    if model is None:
+        return "the model"
+    from ..modeling import unwrap_model
+
+    return type(unwrap_model(model)).__name__
 
 
 def logits_from_outputs(outputs):

@@ -5,6 +5,7 @@ steps, each made of one accumulation window of micro-batches. Host-device syncs 
 marked ``# sync``: on log steps, and when a NaN/Inf filter or a scalar learning rate needs a value.
 """
 
+import math
 import time
 from typing import Optional
 
@@ -12,6 +13,7 @@ import torch
 
 from .. import checkpoints as _checkpoint
 from ..data.loaders import has_length, set_dataloader_epoch
+from ..modeling import unwrap_model
 from ..enums import SaveStrategy, SchedulerType
 from ..outputs import TrainOutput, speed_metrics
 from ..state import TrainerState
@@ -72,6 +74,7 @@ class TrainingLoop:
         trainer, args = self.trainer, self.args
         trainer.is_in_train = True
         trainer._past = None
+        trainer._device = args.device
         dataloader = trainer.get_train_dataloader()
         batches_per_epoch = len(dataloader) if has_length(dataloader) else None
         plan = plan_training(
@@ -102,12 +105,25 @@ class TrainingLoop:
         if args.eval_on_start:
             self._evaluate(skip_scheduler=True)
         self.tr_loss = torch.zeros((), device=args.device)
+        self._resolve_per_step_hooks(model)
         model.zero_grad()
         try:
             self._run_epochs(model, dataloader, plan, epochs_trained, batches_to_skip, start_time)
         finally:
             release_training_features(trainer)
         return self._finish(plan, start_time)
+
+    def _resolve_per_step_hooks(self, model):
+        """Look up once what the per-step code would otherwise look up every step."""
+        trainer, args = self.trainer, self.args
+        self.on_cpu = args.device.type == "cpu"
+        self.no_sync = getattr(model, "no_sync", None)
+        self.count_tokens = args.include_num_input_tokens_seen or args.include_tokens_per_second
+        from ..trainer import Trainer  # the facade imports this module
+
+        # FLOPs are counted only when the model (or a Trainer subclass) can count them
+        overridden = type(trainer).floating_point_ops is not Trainer.floating_point_ops
+        self.count_flos = overridden or callable(getattr(unwrap_model(trainer.model), "floating_point_ops", None))
 
     def _fresh_state(self, plan) -> TrainerState:
         trainer = self.trainer
@@ -164,23 +180,31 @@ class TrainingLoop:
 
     def _micro_step(self, model, inputs, num_items, sync_gradients: bool):
         trainer, args = self.trainer, self.args
-        if args.include_num_input_tokens_seen or args.include_tokens_per_second:
+        if self.count_tokens:
             main_input = getattr(trainer.model, "main_input_name", "input_ids")
             if isinstance(inputs, dict) and main_input in inputs:
                 trainer.state.num_input_tokens_seen += inputs[main_input].numel()
-        no_sync = getattr(model, "no_sync", None)
-        if no_sync is not None and not sync_gradients:
-            with no_sync():  # DDP: all-reduce once per window, on its last micro-batch
+        if self.no_sync is not None and not sync_gradients:
+            with self.no_sync():  # DDP: all-reduce once per window, on its last micro-batch
                 loss = trainer.training_step(model, inputs, num_items)
         else:
             loss = trainer.training_step(model, inputs, num_items)
         if args.logging_nan_inf_filter:
-            # a non-finite loss is logged as the running mean so one bad batch does not poison the
-            # log; torch.where keeps this on the device (no sync)
-            running_mean = self.tr_loss / (1 + trainer.state.global_step - self.globalstep_last_logged)
-            loss = torch.where(torch.isfinite(loss), loss, running_mean)
-        self.tr_loss = self.tr_loss + loss
-        trainer.current_flos += float(trainer.floating_point_ops(inputs))
+            loss = self._finite_or_running_mean(loss)
+        self.tr_loss.add_(loss)
+        if self.count_flos:
+            trainer.current_flos += float(trainer.floating_point_ops(inputs))
+
+    def _finite_or_running_mean(self, loss):
+        """A non-finite loss is logged as the running mean, so one bad batch does not poison the
+        log. On CPU reading the value is free; on an accelerator torch.where avoids a sync."""
+        state = self.trainer.state
+        if self.on_cpu:
+            if math.isfinite(loss.item()):
+                return loss
+            return self.tr_loss / (1 + state.global_step - self.globalstep_last_logged)
+        running_mean = self.tr_loss / (1 + state.global_step - self.globalstep_last_logged)
+        return torch.where(torch.isfinite(loss), loss, running_mean)
 
     def _optimizer_step(self, model):
         trainer, args = self.trainer, self.args
@@ -221,7 +245,7 @@ class TrainingLoop:
     def _log_training_loss(self, start_time):
         trainer, state = self.trainer, self.trainer.state
         loss_sum = self._gathered_mean(self.tr_loss).item()  # sync: log steps only
-        self.tr_loss = torch.zeros_like(self.tr_loss)
+        self.tr_loss.zero_()
         logs = {"loss": round(loss_sum / (state.global_step - self.globalstep_last_logged), 4)}
         if self.grad_norm is not None:
             logs["grad_norm"] = self.grad_norm.item() if torch.is_tensor(self.grad_norm) else self.grad_norm

@@ -1,0 +1,31 @@
+"""raytrainer's side of the rank-0 clock in ``ray_overhead.py``: a callback that stamps the same
+moments as the hand-written loop in ``_ray_job.raw_train_loop``. Kept apart from ``_ray_job`` so
+the reference's workers never import raytrainer."""
+
+from _ray_job import RankZeroClock
+
+from raytrainer import TrainerCallback
+
+
+class RankZeroClockCallback(TrainerCallback):
+    """Stamps, on every rank, when this callback is unpickled on the worker (the worker function
+    has just fetched the Trainer's blueprint: the first moment user code runs there), the start
+    of the loop, every optimizer step's end and the end of training; rank 0 writes them."""
+
+    def __init__(self, clock_path: str):
+        self.clock = RankZeroClock(clock_path)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.clock.mark("worker_start")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.clock.mark("loop_start")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.clock.step_end()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.clock.mark("worker_end")
+        if state.is_world_process_zero:
+            self.clock.write()
