@@ -2,6 +2,9 @@
 moments as the hand-written loop in ``_ray_job.raw_train_loop``. Kept apart from ``_ray_job`` so
 the reference's workers never import raytrainer."""
 
+import os
+import time
+
 from _ray_job import RankZeroClock
 
 from raytrainer import TrainerCallback
@@ -14,10 +17,14 @@ class RankZeroClockCallback(TrainerCallback):
 
     def __init__(self, clock_path: str):
         self.clock = RankZeroClock(clock_path)
+        self.driver_pid = os.getpid()
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.clock.mark("worker_start")
+        # only the first unpickling in a worker process counts: a copy made on the driver, or a
+        # later copy on the worker, must not move the stamp
+        if os.getpid() != self.driver_pid:
+            self.clock.marks.setdefault("worker_start", time.time())
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.clock.mark("loop_start")

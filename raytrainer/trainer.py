@@ -186,7 +186,7 @@ class Trainer:
         collator = self.data_collator
         if self.args.remove_unused_columns and not hasattr(dataset, "column_names"):
             columns = signature_columns(self.model, self.label_names)
-            if columns is not None:
+            if columns is not None and not _first_example_fits(dataset, columns):
                 collator = RemoveColumnsCollator(collator, columns, description=description)
         return collator
 
@@ -493,3 +493,14 @@ def _accepts_keyword(fn: Callable, name: str) -> bool:
 
     params = inspect.signature(fn).parameters
     return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def _first_example_fits(dataset, columns) -> bool:
+    """True when a map-style dataset's first example has only columns the model takes: then no
+    pruning wrapper is needed (it would cost a dict rebuild per example per step). Datasets whose
+    examples change keys along the way should set their keys consistently or prune themselves."""
+    try:
+        example = dataset[0]
+    except Exception:  # noqa: BLE001 - iterable or unsized datasets: keep the per-example pruning
+        return False
+    return isinstance(example, Mapping) and set(example) <= set(columns)

@@ -120,6 +120,7 @@ class CallbackHandler(TrainerCallback):
                 self.callback_list,
             )
         self.callbacks.append(instance)
+        self.__dict__.pop("_listener_cache", None)
 
     def pop_callback(self, callback):
         """Remove and return a callback: the first instance of a class, or that very instance.
@@ -128,6 +129,7 @@ class CallbackHandler(TrainerCallback):
         """
         for index, existing in enumerate(self.callbacks):
             if _matches(existing, callback):
+                self.__dict__.pop("_listener_cache", None)
                 return self.callbacks.pop(index)
         return None
 
@@ -220,9 +222,9 @@ class CallbackHandler(TrainerCallback):
         return control
 
     def _listeners(self, event: str) -> list:
-        # rebuilt when the callback list changes (compared by identity and length)
+        # add/pop/remove_callback drop the cache; the key also catches a replaced or resized list
         cache = self.__dict__.get("_listener_cache")
-        key = (id(self.callbacks), len(self.callbacks), tuple(map(id, self.callbacks)))
+        key = (id(self.callbacks), len(self.callbacks))
         if cache is None or cache[0] != key:
             cache = (key, {})
             self.__dict__["_listener_cache"] = cache

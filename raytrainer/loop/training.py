@@ -149,7 +149,7 @@ class TrainingLoop:
             skipped = _skip_batches(iterator, batches_to_skip if epoch == epochs_trained else 0)
             step = skipped - 1
             for window in accumulation_windows(steps_in_epoch - skipped, args.gradient_accumulation_steps):
-                batches, num_items = trainer.get_batch_samples(iterator, window, args.device)
+                batches, num_items = trainer.get_batch_samples(iterator, window, trainer._device)
                 if not batches:
                     break
                 # the last window of an epoch may be short: its loss is the mean over what it has
