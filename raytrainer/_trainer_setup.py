@@ -12,11 +12,10 @@ from . import schedules
 from .args import TrainingArguments
 from .callbacks import (
     DEFAULT_CALLBACKS,
-    DEFAULT_PROGRESS_CALLBACK,
     CallbackHandler,
     EarlyStoppingCallback,
-    PrinterCallback,
     TrainerCallback,
+    progress_callback_class,
 )
 from .data.collators import DataCollatorWithPadding, default_data_collator
 from .data.loaders import has_length
@@ -36,7 +35,7 @@ def default_collator(processing_class):
 
 
 def build_callback_handler(trainer, callbacks) -> CallbackHandler:
-    progress = PrinterCallback if trainer.args.disable_tqdm else DEFAULT_PROGRESS_CALLBACK
+    progress = progress_callback_class(trainer.args)
     all_callbacks = list(DEFAULT_CALLBACKS) + list(callbacks or []) + [progress]
     return CallbackHandler(all_callbacks, trainer.model, trainer.processing_class,
                            trainer.optimizer, trainer.lr_scheduler)

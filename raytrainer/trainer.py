@@ -310,7 +310,8 @@ class Trainer:
         if not inputs:
             raise ValueError("Trainer: the batch is empty after removing unused columns; check the dataset's "
                              "keys against the model's forward() arguments.")
-        inputs = move_to_device(inputs, self._device)
+        if self._device.type != "cpu":  # CPU batches from a CPU dataloader are already in place
+            inputs = move_to_device(inputs, self._device)
         if self.args.past_index >= 0 and self._past is not None:
             inputs["mems"] = self._past
         return inputs

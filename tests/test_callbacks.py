@@ -430,3 +430,28 @@ def test_printer_callback(capsys):
     PrinterCallback().on_log(flow_args(), other_rank, TrainerControl(), logs=logs)
     assert capsys.readouterr().out == "{'loss': 0.5, 'step': 2}\n"
     assert logs == {"loss": 0.5, "total_flos": 3.0, "step": 2}  # the caller's dict is untouched
+
+
+def test_notebook_table_rows_per_evaluation_and_live_updates():
+    from raytrainer.callbacks import NotebookProgressCallback
+
+    frames = []
+
+    def fake_display(markup, handle):
+        frames.append(markup)
+        return "handle"
+
+    callback = NotebookProgressCallback(display=fake_display, min_interval=0.0)
+    args = SimpleNamespace(eval_strategy="steps")
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=4, global_step=0, epoch=0.0)
+    callback.on_train_begin(args, state, None)
+    for step in (1, 2):
+        state.global_step, state.epoch = step, step / 4
+        callback.on_step_end(args, state, None)
+    callback.on_log(args, state, None, logs={"loss": 0.5, "learning_rate": 0.1})
+    callback.on_log(args, state, None, logs={"eval_loss": 0.25, "eval_accuracy": 0.75, "eval_runtime": 0.1})
+    last = frames[-1]
+    assert "<progress value='2' max='4'" in last
+    assert "<th>Validation Loss</th><th>Accuracy</th>" in last and "Runtime" not in last
+    assert "<td>2</td><td>0.500000</td><td>0.500000</td><td>0.250000</td><td>0.750000</td>" in last
+    assert len(frames) == 5  # begin, two steps, two logs: every change is drawn (min_interval 0)

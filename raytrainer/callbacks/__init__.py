@@ -2,6 +2,7 @@
 
 from raytrainer.callbacks.base import CallbackHandler, TrainerCallback
 from raytrainer.callbacks.early_stopping import EarlyStoppingCallback
+from raytrainer.callbacks.notebook import NotebookProgressCallback
 from raytrainer.callbacks.flow import (
     DefaultFlowCallback,
     EpochDecisions,
@@ -27,6 +28,7 @@ __all__ = [
     "DefaultFlowCallback",
     "EarlyStoppingCallback",
     "EpochDecisions",
+    "NotebookProgressCallback",
     "PrinterCallback",
     "ProgressCallback",
     "StepDecisions",

@@ -111,5 +111,10 @@ class PrinterCallback(TrainerCallback):
 
 
 def progress_callback_class(args) -> type:
-    """The display callback the Trainer installs: ``PrinterCallback`` when ``disable_tqdm`` is set."""
-    return PrinterCallback if getattr(args, "disable_tqdm", False) else ProgressCallback
+    """The display callback the Trainer installs: ``PrinterCallback`` when ``disable_tqdm`` is set,
+    the live HTML table in a Jupyter kernel, else the tqdm bar."""
+    from .notebook import NotebookProgressCallback, in_notebook
+
+    if getattr(args, "disable_tqdm", False):
+        return PrinterCallback
+    return NotebookProgressCallback if in_notebook() else ProgressCallback
