@@ -230,7 +230,8 @@ def _one_fit(impl: str, template, dataset, max_steps: int, workdir: str, tag: st
     with quiet_stdout():
         cpu, call = time.process_time(), time.time()
         fit()
-        driver = {"call": call, "return": time.time(), "cpu": time.process_time() - cpu}
+        driver = {"call": call, "return": time.time(), "cpu": time.process_time() - cpu,
+                  "load_1min": os.getloadavg()[0]}  # other processes' share of the 2 CPUs, to judge a run
     clock = _ray_job.read_clock(clock_path)
     if len(clock["step_ends"]) != max_steps:
         raise RuntimeError(f"{impl} ran {len(clock['step_ends'])} optimizer steps on rank 0, expected "

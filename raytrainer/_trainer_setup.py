@@ -41,8 +41,41 @@ def build_callback_handler(trainer, callbacks) -> CallbackHandler:
                            trainer.optimizer, trainer.lr_scheduler)
 
 
+def resolve_scaling_config(scaling_config):
+    """The ScalingConfig a run uses. Without one: a script or notebook attached to a Ray cluster
+    (``RAY_ADDRESS`` set, e.g. a job submitted to the cluster) trains on one Ray worker, with a GPU
+    when the cluster has one; anything else (a laptop, tests, a Ray Tune trial) uses Ray Train's
+    local mode in this process."""
+    from ray.train import ScalingConfig
+
+    if scaling_config is not None:
+        return scaling_config
+    if not _attached_to_cluster():
+        return ScalingConfig(num_workers=0)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    return ScalingConfig(num_workers=1, use_gpu=ray.cluster_resources().get("GPU", 0) > 0)
+
+
+def _attached_to_cluster() -> bool:
+    import os
+
+    if not os.environ.get("RAY_ADDRESS"):
+        return False
+    import ray
+
+    # inside a Ray task or actor (a Tune trial, a Train worker) the run stays where it is
+    return not (ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None)
+
+
 def is_local_mode(scaling_config) -> bool:
-    return scaling_config is None or scaling_config.num_workers in (0, None)
+    """Whether the loop runs in this process. ``None`` counts as local unless this driver is
+    attached to a cluster (see ``resolve_scaling_config``)."""
+    if scaling_config is None:
+        return not _attached_to_cluster()
+    return scaling_config.num_workers in (0, None)
 
 
 def validate_trainer_inputs(trainer, optimizers, callbacks) -> None:
@@ -148,7 +181,7 @@ def _check_training_features(trainer) -> None:
                          "remove the setting to train with plain data parallelism.")
     if is_local_mode(trainer.scaling_config):
         choose_precision(args, args.device)  # fp16 on a machine without CUDA fails here, not mid-run
-    elif (args.fp16 or args.fp16_full_eval) and not trainer.scaling_config.use_gpu:
+    elif (args.fp16 or args.fp16_full_eval) and trainer.scaling_config is not None and not trainer.scaling_config.use_gpu:
         raise ValueError("fp16=True needs GPU workers: set ScalingConfig(use_gpu=True), or use bf16=True on CPU.")
 
 

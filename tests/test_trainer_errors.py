@@ -138,3 +138,12 @@ def test_unused_columns_removed_and_kept_when_disabled(make_args):
     assert trainer.train().global_step == 1
     with pytest.raises(TypeError, match="weight"):
         Trainer(model=RegressionModel(), args=make_args(remove_unused_columns=False), train_dataset=data)
+
+
+def test_default_scaling_is_local_mode_off_cluster(monkeypatch):
+    from raytrainer._trainer_setup import is_local_mode, resolve_scaling_config
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert resolve_scaling_config(None).num_workers == 0 and is_local_mode(None)
+    explicit = ScalingConfig(num_workers=3)
+    assert resolve_scaling_config(explicit) is explicit and not is_local_mode(explicit)

@@ -28,7 +28,7 @@ def ensure_ray() -> None:
     ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}})
 
 
-def run_on_workers(trainer, *, resume_from_checkpoint, trial, ignore_keys_for_eval) -> TrainOutput:
+def run_on_workers(trainer, scaling_config, *, resume_from_checkpoint, trial, ignore_keys_for_eval) -> TrainOutput:
     ensure_ray()
     blueprint_ref = put_blueprint(blueprint_of(trainer))
     channel = RunChannel.remote()
@@ -36,7 +36,7 @@ def run_on_workers(trainer, *, resume_from_checkpoint, trial, ignore_keys_for_ev
     torch_trainer = TorchTrainer(
         remote_train_loop,
         train_loop_config={"job": job},
-        scaling_config=trainer.scaling_config,
+        scaling_config=scaling_config,
         run_config=trainer.run_config or default_run_config(trainer.args),
     )
     try:

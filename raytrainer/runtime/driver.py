@@ -50,9 +50,10 @@ def default_run_config(args) -> RunConfig:
 
 
 def run_training(trainer, *, resume_from_checkpoint, trial, ignore_keys_for_eval):
-    from .._trainer_setup import is_local_mode
+    from .._trainer_setup import is_local_mode, resolve_scaling_config
 
-    if is_local_mode(trainer.scaling_config):
+    scaling_config = resolve_scaling_config(trainer.scaling_config)
+    if is_local_mode(scaling_config):
         job = LocalJob(trainer, resume_from_checkpoint, trial, ignore_keys_for_eval)
         TorchTrainer(local_train_loop, train_loop_config={"job": job},
                      scaling_config=ScalingConfig(num_workers=0),
@@ -60,7 +61,7 @@ def run_training(trainer, *, resume_from_checkpoint, trial, ignore_keys_for_eval
         return job.result["output"]
     from .distributed import run_on_workers
 
-    return run_on_workers(trainer, resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+    return run_on_workers(trainer, scaling_config, resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                           ignore_keys_for_eval=ignore_keys_for_eval)
 
 
