@@ -17,6 +17,7 @@ from .callbacks import (
     TrainerCallback,
 )
 from .data.collators import DataCollatorWithPadding, default_data_collator
+from .data.streaming import StreamingDataset, stream
 from .enums import HubStrategy, IntervalStrategy, OptimizerNames, SaveStrategy, SchedulerType
 from .optim import get_decay_parameter_names
 from .outputs import EvalLoopOutput, EvalPrediction, PredictionOutput, TrainOutput
@@ -45,6 +46,7 @@ __all__ = [
     "ProgressCallback",
     "SaveStrategy",
     "SchedulerType",
+    "StreamingDataset",
     "Seq2SeqTrainer",
     "Seq2SeqTrainingArguments",
     "TrainOutput",
@@ -58,4 +60,5 @@ __all__ = [
     "get_decay_parameter_names",
     "get_scheduler",
     "set_seed",
+    "stream",
 ]

@@ -17,6 +17,7 @@ from .callbacks import (
     TrainerCallback,
     progress_callback_class,
 )
+from .data import streaming
 from .data.collators import DataCollatorWithPadding, default_data_collator
 from .data.loaders import has_length
 from .enums import IntervalStrategy, SchedulerType
@@ -160,7 +161,12 @@ def _check_datasets(trainer) -> None:
     if args.eval_strategy != IntervalStrategy.NO and trainer.eval_dataset is None:
         raise ValueError(f"Trainer: eval_strategy='{args.eval_strategy}' needs an eval_dataset; pass one or set "
                          "eval_strategy='no'.")
+    streaming.adopt_ray_datasets(trainer)  # a ray.data.Dataset is streamed with the default options
+    config = trainer.scaling_config
+    streaming.check_streams(trainer, None if is_local_mode(config) else (config.num_workers if config else 1))
     train = trainer.train_dataset
+    if streaming.is_stream(train):
+        return
     if train is not None and not has_length(train) and args.max_steps <= 0:
         raise ValueError("Trainer: train_dataset has no length, so epochs cannot be counted; set "
                          "TrainingArguments.max_steps to a positive number.")

@@ -199,7 +199,7 @@ def test_optimizers_tuple_and_optimizer_cls_and_kwargs_are_used(make_args):
                       optimizers=(optimizer, scheduler))
     trainer.train()
     assert trainer.optimizer is optimizer
-    assert [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e] == [0.005, 0.0025, 0.00125]
+    assert [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e] == [0.01, 0.005, 0.0025]
     other = Trainer(model=RegressionModel(), args=make_args(max_steps=1), train_dataset=RegressionDataset(4),
                     optimizer_cls_and_kwargs=(torch.optim.RMSprop, {"lr": 0.02}))
     other.train()

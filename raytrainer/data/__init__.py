@@ -1,4 +1,5 @@
-"""Data plumbing: collators, column pruning, seeded samplers and per-rank DataLoaders."""
+"""Data plumbing: collators, column pruning, seeded samplers, per-rank DataLoaders and Ray Data
+streams."""
 
 from raytrainer.data.collators import (
     DataCollatorWithPadding,
@@ -19,6 +20,7 @@ from raytrainer.data.loaders import (
     lengths_from_dataset,
     set_dataloader_epoch,
 )
+from raytrainer.data.streaming import StreamingDataset, stream
 from raytrainer.data.samplers import (
     EpochShuffleSampler,
     LengthGroupedSampler,
@@ -35,6 +37,7 @@ __all__ = [
     "RemoveColumnsCollator",
     "SequencePadder",
     "ShardedEvalSampler",
+    "StreamingDataset",
     "build_eval_dataloader",
     "build_train_dataloader",
     "default_data_collator",
@@ -46,4 +49,5 @@ __all__ = [
     "set_dataloader_epoch",
     "shard_order",
     "signature_columns",
+    "stream",
 ]

@@ -184,8 +184,11 @@ def build_eval_dataloader(
 
 
 def set_dataloader_epoch(dataloader: DataLoader, epoch: int) -> None:
-    """Tell the sampler and/or the dataset of ``dataloader`` which epoch starts next."""
+    """Tell the sampler and/or the dataset of ``dataloader`` (or a Ray Data stream's batches,
+    which reshuffle per epoch themselves) which epoch starts next."""
     _check_int(epoch, "epoch", 0)
+    if hasattr(dataloader, "set_epoch"):
+        dataloader.set_epoch(epoch)
     sampler = getattr(dataloader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)

@@ -68,6 +68,7 @@ class TrainingLoop:
         self.total_loss_scalar = 0.0
         self.globalstep_last_logged = 0
         self.grad_norm = None
+        self.learning_rate = None
 
     # ------------------------------------------------------------------ set-up
     def run(self) -> TrainOutput:
@@ -209,10 +210,11 @@ class TrainingLoop:
     def _optimizer_step(self, model):
         trainer, args = self.trainer, self.args
         scaler = trainer.scaler
-        if args.max_grad_norm is not None and args.max_grad_norm > 0:
-            if scaler is not None:
-                scaler.unscale_(trainer.optimizer)
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        if scaler is not None:
+            scaler.unscale_(trainer.optimizer)
+        # HF v5 logs the gradient norm even without clipping (an infinite max norm only measures)
+        clip_to = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else float("inf")
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_to)
         trainer.control = trainer.callback_handler.on_pre_optimizer_step(args, trainer.state, trainer.control)
         if scaler is not None:
             scaler.step(trainer.optimizer)
@@ -220,6 +222,7 @@ class TrainingLoop:
         else:
             trainer.optimizer.step()
         trainer.control = trainer.callback_handler.on_optimizer_step(args, trainer.state, trainer.control)
+        self.learning_rate = trainer._get_learning_rate()  # the rate this step used (logged as in HF v5)
         if args.lr_scheduler_type != SchedulerType.REDUCE_ON_PLATEAU:
             trainer.lr_scheduler.step()
         model.zero_grad(set_to_none=True)
@@ -246,10 +249,10 @@ class TrainingLoop:
         trainer, state = self.trainer, self.trainer.state
         loss_sum = self._gathered_mean(self.tr_loss).item()  # sync: log steps only
         self.tr_loss.zero_()
-        logs = {"loss": round(loss_sum / (state.global_step - self.globalstep_last_logged), 4)}
+        logs = {"loss": loss_sum / (state.global_step - self.globalstep_last_logged)}
         if self.grad_norm is not None:
             logs["grad_norm"] = self.grad_norm.item() if torch.is_tensor(self.grad_norm) else self.grad_norm
-        logs["learning_rate"] = trainer._get_learning_rate()
+        logs["learning_rate"] = self.learning_rate if self.learning_rate is not None else trainer._get_learning_rate()
         self.total_loss_scalar += loss_sum
         self.globalstep_last_logged = state.global_step
         trainer.store_flos()

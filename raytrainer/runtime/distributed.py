@@ -6,6 +6,7 @@ import sys
 import ray
 from ray.train.torch import TorchTrainer
 
+from ..data.streaming import torch_trainer_data
 from ..modeling import unwrap_model
 from ..outputs import TrainOutput
 from ..state import TrainerState
@@ -38,6 +39,7 @@ def run_on_workers(trainer, scaling_config, *, resume_from_checkpoint, trial, ig
         train_loop_config={"job": job},
         scaling_config=scaling_config,
         run_config=trainer.run_config or default_run_config(trainer.args),
+        **torch_trainer_data(trainer),  # Ray Data streams: workers read get_dataset_shard(name)
     )
     try:
         with DriverDisplay(trainer, channel):

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from ..data.streaming import torch_trainer_data
 from .worker import local_train_loop, remote_train_loop
 
 
@@ -57,7 +58,8 @@ def run_training(trainer, *, resume_from_checkpoint, trial, ignore_keys_for_eval
         job = LocalJob(trainer, resume_from_checkpoint, trial, ignore_keys_for_eval)
         TorchTrainer(local_train_loop, train_loop_config={"job": job},
                      scaling_config=ScalingConfig(num_workers=0),
-                     run_config=trainer.run_config or default_run_config(trainer.args)).fit()
+                     run_config=trainer.run_config or default_run_config(trainer.args),
+                     **torch_trainer_data(trainer)).fit()
         return job.result["output"]
     from .distributed import run_on_workers
 
