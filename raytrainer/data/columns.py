@@ -12,7 +12,6 @@ import logging
 from collections.abc import Mapping
 from typing import Callable, Sequence
 
-from torch import nn
 
 from ..modeling import unwrap_model
 
