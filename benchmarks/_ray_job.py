@@ -60,21 +60,24 @@ class WideMLP(nn.Module):
 class RankZeroClock:
     """Wall-clock stamps (``time.time``, comparable with the driver's) of one run, kept on every
     rank but written only by rank 0, as JSON. Ray Train V2 drops metrics reported without a
-    checkpoint, so the driver reads this file instead."""
+    checkpoint, so the driver reads this file instead. Step ends also get the worker process's
+    CPU time: other processes on a shared machine stretch wall time, much less this."""
 
     def __init__(self, path: str):
         self.path = path
         self.marks = {}
         self.step_ends = []
+        self.step_cpu = []
 
     def mark(self, name: str) -> None:
         self.marks[name] = time.time()
 
     def step_end(self) -> None:
         self.step_ends.append(time.time())
+        self.step_cpu.append(time.process_time())
 
     def write(self) -> None:
-        record = {"marks": self.marks, "step_ends": self.step_ends, "pid": os.getpid(),
+        record = {"marks": self.marks, "step_ends": self.step_ends, "step_cpu": self.step_cpu, "pid": os.getpid(),
                   "torch_threads": torch.get_num_threads()}
         with open(self.path, "w") as handle:
             json.dump(record, handle)

@@ -86,6 +86,7 @@ class Trainer:
         logger.setLevel(args.get_process_log_level())  # "passive" keeps the level the user set
         self.model_init = model_init
         self.hp_name = None
+        self.hp_search_backend = None
         self.is_in_train = False
         if args.full_determinism:
             enable_full_determinism(args.seed)
@@ -170,9 +171,43 @@ class Trainer:
                 enable_full_determinism(self.args.seed)
             else:
                 set_seed(self.args.seed)
-            self.model = self.model_wrapped = self.call_model_init(trial)
+            self.model = self.model_wrapped = self.call_model_init(_user_trial(trial))
         return run_training(self, resume_from_checkpoint=resume_from_checkpoint, trial=trial,
                             ignore_keys_for_eval=ignore_keys_for_eval)
+
+    # ------------------------------------------------------------------ hyperparameter search
+    def hyperparameter_search(self, hp_space=None, compute_objective: Optional[Callable] = None, n_trials: int = 20,
+                              direction: Union[str, list] = "minimize", backend=None,
+                              hp_name: Optional[Callable] = None, **kwargs):
+        """Search hyperparameters with Optuna (``backend="optuna"``, the default) or Ray Tune
+        (``backend="ray"``); returns the best trial's ``BestRun``, or the Pareto front's list of them
+        when ``direction`` lists several objectives.
+
+        Every trial trains a fresh model from ``model_init(trial)`` with TrainingArguments whose
+        fields are set from the sampled values; checkpoints go to ``output_dir/run-<trial id>/``.
+        The objective is ``compute_objective(eval metrics)`` (default: the evaluation loss, or the
+        sum of the other metrics). ``hp_space`` is an Optuna define-by-run function (both
+        backends), a Ray Tune dict (``"ray"``), a preset name or YAML path (``searchspaces/``), or
+        a ``SearchSpace``. Extra keyword arguments go to the backend (Optuna: ``create_study`` and
+        ``optimize`` options such as ``sampler``, ``pruner``, ``storage``, ``n_jobs``, ``timeout``;
+        Ray: ``search_alg``, ``scheduler``, ``resources_per_trial``, ``max_concurrent_trials``,
+        ``time_budget_s``, ``max_failures``, ``resume``); both take ``scaling_config`` (each trial on
+        Ray Train workers) and ``load_best_model`` (load the best checkpoint into ``self.model``).
+        A results table (CSV, JSON) and plot (PNG) are written to ``output_dir``.
+        """
+        from .hpo.search import run_hyperparameter_search
+
+        return run_hyperparameter_search(self, hp_space=hp_space, compute_objective=compute_objective,
+                                         n_trials=n_trials, direction=direction, backend=backend, hp_name=hp_name,
+                                         **kwargs)
+
+    def _report_to_hp_search(self, trial, step: int, metrics: dict) -> None:
+        """After each evaluation of a search trial: hand the objective to the search, which may
+        stop the trial (an Optuna pruner, a Tune scheduler). Nothing happens outside a search."""
+        from .hpo.trial import SearchTrial
+
+        if isinstance(trial, SearchTrial):
+            trial.report(self, step, metrics)
 
     # ------------------------------------------------------------------ data
     def _remove_unused_columns(self, dataset, description: str):
@@ -492,6 +527,13 @@ class Trainer:
 
     def remove_callback(self, callback: Union[type, TrainerCallback]) -> None:
         self.callback_handler.remove_callback(callback)
+
+
+def _user_trial(trial):
+    """What ``model_init`` receives: the Optuna trial or Tune config behind a search's trial."""
+    from .hpo.trial import SearchTrial
+
+    return trial.user_trial if isinstance(trial, SearchTrial) else trial
 
 
 def _accepts_keyword(fn: Callable, name: str) -> bool:

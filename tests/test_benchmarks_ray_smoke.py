@@ -20,7 +20,7 @@ from ray_overhead import Plan  # noqa: E402
 def _run(impl, call, worker_start, loop_start, step_ends, worker_end, returned, cpu=0.5):
     driver = {"call": call, "return": returned, "cpu": cpu}
     clock = {"marks": {"worker_start": worker_start, "loop_start": loop_start, "worker_end": worker_end},
-             "step_ends": step_ends}
+             "step_ends": step_ends, "step_cpu": [0.001 * t for t in step_ends]}  # CPU: a thousandth of wall
     return {"implementation": impl, "metrics": ray_overhead.run_metrics(driver, clock, skip_steps=2),
             "phases": ray_overhead.phase_breakdown(driver, clock)}
 
@@ -55,6 +55,7 @@ def test_run_metrics_and_phases_from_stamps():
     assert run["metrics"]["first_step"] == pytest.approx(14.0)
     assert run["metrics"]["per_step"] == pytest.approx(2.0)  # steps 3..5 span 115 -> 121
     assert run["metrics"]["typical_step"] == pytest.approx(2.0)
+    assert run["metrics"]["per_step_cpu"] == pytest.approx(0.002)
     assert run["metrics"]["driver_cpu"] == 0.5
     assert run["phases"] == pytest.approx({"to_worker_start": 10.0, "worker_setup": 3.0, "to_first_step": 1.0,
                                            "steps": 7.0, "after_last_step": 0.5, "to_return": 3.5})
@@ -106,7 +107,8 @@ def test_clock_writes_what_rank_zero_saw(tmp_path):
     clock.step_end()
     clock.write()
     record = _ray_job.read_clock(str(tmp_path / "clock.json"))
-    assert set(record["marks"]) == {"worker_start"} and len(record["step_ends"]) == 2
+    assert set(record["marks"]) == {"worker_start"} and len(record["step_ends"]) == len(record["step_cpu"]) == 2
+    assert record["step_cpu"][0] <= record["step_cpu"][1]
     assert record["step_ends"][0] <= record["step_ends"][1] and record["torch_threads"] == torch.get_num_threads()
     with pytest.raises(RuntimeError, match="rank 0 wrote no timestamps to .*missing.json"):
         _ray_job.read_clock(str(tmp_path / "missing.json"))

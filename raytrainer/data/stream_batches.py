@@ -1,5 +1,5 @@
 """Per-rank batch iterables over a Ray Data stream, and the collate step that turns Ray's
-columnar numpy batches into model inputs.
+Arrow batches into model inputs.
 
 This module imports Ray Data, so :mod:`raytrainer.data.streaming` imports it only once a stream
 is actually read. The iterables look like a DataLoader to the loops: iteration yields dict
@@ -10,12 +10,13 @@ batches this rank will yield, and ``set_epoch`` picks the epoch's shuffle seed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
-from ray.data.collate_fn import NumpyBatchCollateFn
+from ray.data.collate_fn import ArrowBatchCollateFn
 
 from ..loop.nested import move_to_device
 from .collators import default_data_collator
@@ -30,45 +31,78 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def rows_of(batch: Mapping) -> list[dict]:
-    """A columnar batch as a list of per-example dicts (what HF data collators take)."""
-    keys = list(batch)
-    return [dict(zip(keys, values)) for values in zip(*(batch[key] for key in keys))]
+def _is_numeric(arrow_type) -> bool:
+    return pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type)
 
 
-def _column_tensor(key: str, values: np.ndarray) -> Optional[torch.Tensor]:
-    """One column as a tensor; None for text and empty columns, which no model takes as a tensor."""
-    if values.dtype.kind in "US":
-        return None
-    if values.dtype == object:
-        first = values[0] if len(values) else None
-        if first is None or isinstance(first, (str, bytes)):
-            return None
-        try:  # Ray hands list columns over as an object array of per-row arrays
-            values = np.stack([np.asarray(value) for value in values])
-        except ValueError as error:
+def _is_list(arrow_type) -> bool:
+    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
+
+
+def _list_values(key: str, column: pa.Array) -> np.ndarray:
+    """A list column of equal-length numeric lists as one ``[rows, length, ...]`` array."""
+    rows = len(column)
+    if pa.types.is_fixed_size_list(column.type):
+        length = column.type.list_size
+    else:
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        length = int(lengths[0]) if rows else 0
+        if rows and (lengths != length).any():
             raise ValueError(
-                f"Column {key!r} holds sequences of different lengths ({error}), so it cannot be "
-                f"stacked into one tensor. Pass a padding data_collator (e.g. DataCollatorWithPadding) "
-                f"to the Trainer, or pad the column when preparing the dataset."
-            ) from error
-    if not values.flags.writeable:  # torch warns on read-only memory (Arrow-backed numpy views)
+                f"Column {key!r} holds sequences of different lengths ({int(lengths.min())} to "
+                f"{int(lengths.max())}), so it cannot be stacked into one tensor. Pass a padding data_collator "
+                f"(e.g. DataCollatorWithPadding) to the Trainer, or pad the column when preparing the data.")
+    values = column.flatten()  # respects the slice a batch is; .values would not
+    inner = _list_values(key, values) if _is_list(values.type) else values.to_numpy(zero_copy_only=False)
+    return inner.reshape(rows, length, *inner.shape[1:])
+
+
+def _innermost(arrow_type):
+    while _is_list(arrow_type):
+        arrow_type = arrow_type.value_type
+    return arrow_type
+
+
+def _column_array(key: str, column: pa.Array) -> Optional[np.ndarray]:
+    """One column as a numpy array; None for text and other columns no model takes as a tensor."""
+    kind = column.type
+    if hasattr(column, "to_numpy_ndarray"):  # Arrow's fixed-shape tensor extension
+        return column.to_numpy_ndarray()
+    if isinstance(kind, pa.BaseExtensionType):  # Ray's tensor extension: its to_numpy stacks the rows
+        values = column.to_numpy(zero_copy_only=False)
+        return np.stack(values) if values.dtype == object else values
+    if _is_numeric(kind):
+        return column.to_numpy(zero_copy_only=False)
+    if _is_list(kind) and _is_numeric(_innermost(kind)):
+        return _list_values(key, column)
+    return None
+
+
+def _as_tensor(values: np.ndarray) -> torch.Tensor:
+    """The tensor ``default_data_collator`` would build from the same values as Python numbers:
+    int64 for integers, float32 for floats (float16 stays), bool for booleans."""
+    if values.dtype.kind in "iu" and values.dtype != np.int64:
+        values = values.astype(np.int64)
+    elif values.dtype.kind == "f" and values.dtype.itemsize > 4:
+        values = values.astype(np.float32)
+    elif not values.flags.writeable:  # zero-copy views of Arrow memory; torch wants memory it may write
         values = values.copy()
     return torch.from_numpy(np.ascontiguousarray(values))
 
 
-def columns_to_tensors(batch: Mapping) -> dict:
+def columns_to_tensors(table: pa.Table) -> dict:
     """The default collate, column by column: what ``default_data_collator`` makes of the same
-    rows (``label``/``label_ids`` become ``labels``, int64 for integers and float32 otherwise;
-    text columns are left out), without building one dict per example."""
-    label_key = next((key for key in _LABEL_COLUMNS if key in batch), None)
+    rows as Python values (``label``/``label_ids`` become ``labels``, integers int64 and floats
+    float32; text columns are left out), without building one dict per example."""
+    label_key = next((key for key in _LABEL_COLUMNS if key in table.column_names), None)
     tensors = {}
-    for key, values in batch.items():
+    for key, column in zip(table.column_names, table.columns):
         if key in _LABEL_COLUMNS and key != label_key:
             continue
-        tensor = _column_tensor(key, values)
-        if tensor is None:
+        values = _column_array(key, column.combine_chunks())
+        if values is None:
             continue
+        tensor = _as_tensor(values)
         if key == label_key:
             integer = not (tensor.is_floating_point() or tensor.is_complex())
             tensors["labels"] = tensor.to(torch.long if integer else torch.float32)
@@ -77,10 +111,11 @@ def columns_to_tensors(batch: Mapping) -> dict:
     return tensors
 
 
-class StreamCollate(NumpyBatchCollateFn):
-    """Collate one Ray batch: keep the model's columns (``remove_unused_columns``), then apply the
-    user's ``data_collator`` to the rows, or the columnar default when it is the default collator.
-    Ray runs this in its prefetch threads, off the training thread."""
+class StreamCollate(ArrowBatchCollateFn):
+    """Collate one Ray batch (an Arrow table): keep the model's columns (``remove_unused_columns``),
+    then apply the user's ``data_collator`` to the rows (plain Python values, as a ``datasets``
+    Dataset gives them), or the columnar default when it is the default collator. Ray runs this
+    in its prefetch threads, off the training thread."""
 
     def __init__(self, data_collator: Callable, columns: Optional[Sequence[str]] = None,
                  description: str = "training"):
@@ -90,15 +125,16 @@ class StreamCollate(NumpyBatchCollateFn):
         self.columnar = data_collator is default_data_collator
         self.description = description
 
-    def __call__(self, batch: dict):
+    def __call__(self, batch: pa.Table):
         if self.columns is not None:
-            kept = {key: values for key, values in batch.items() if key in self.columns}
+            kept = [name for name in batch.column_names if name in self.columns]
             if not kept:
-                raise _no_column_left_error(list(batch), sorted(self.columns), self.description)
-            batch = kept
+                raise _no_column_left_error(batch.column_names, sorted(self.columns), self.description)
+            if len(kept) != batch.num_columns:
+                batch = batch.select(kept)
         if self.columnar:
             return columns_to_tensors(batch)
-        return self.data_collator(rows_of(batch))
+        return self.data_collator(batch.to_pylist())
 
 
 class _KnownLength:
@@ -149,38 +185,28 @@ class SizedStreamBatches(_KnownLength, StreamBatches):
     pass
 
 
-def _slice(batch: Mapping, start: int, stop: int) -> dict:
-    return {key: values[start:stop] for key, values in batch.items()}
-
-
-def _concat(parts: list) -> dict:
-    if len(parts) == 1:
-        return parts[0]
-    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-
-
-def row_range_batches(batches: Iterable[Mapping], start: int, stop: Optional[int],
-                      batch_size: int) -> Iterator[dict]:
-    """Re-cut a stream of columnar batches into ``batch_size``-row batches of rows
-    ``[start, stop)`` (``stop=None``: to the end); reading stops once ``stop`` is reached."""
-    position, pending, pending_rows = 0, [], 0
+def row_range_batches(batches: Iterable[pa.Table], start: int, stop: Optional[int],
+                      batch_size: int) -> Iterator[pa.Table]:
+    """Re-cut a stream of Arrow batches into ``batch_size``-row batches of rows ``[start, stop)``
+    (``stop=None``: to the end); reading stops once ``stop`` is reached. Slices are zero-copy."""
+    position, pending = 0, []
     for batch in batches:
-        rows = len(next(iter(batch.values()))) if batch else 0
         low = max(start - position, 0)
-        high = rows if stop is None else min(stop - position, rows)
-        position += rows
+        high = batch.num_rows if stop is None else min(stop - position, batch.num_rows)
+        position += batch.num_rows
         if high > low:
-            pending.append(_slice(batch, low, high))
-            pending_rows += high - low
-        while pending_rows >= batch_size:
-            merged = _concat(pending)
-            yield _slice(merged, 0, batch_size)
-            pending = [_slice(merged, batch_size, pending_rows)]
-            pending_rows -= batch_size
+            pending.append(batch.slice(low, high - low))
+        pending_rows = sum(part.num_rows for part in pending)
+        if pending_rows >= batch_size:
+            merged = pa.concat_tables(pending)
+            for offset in range(0, pending_rows - batch_size + 1, batch_size):
+                yield merged.slice(offset, batch_size)
+            rest = pending_rows % batch_size
+            pending = [merged.slice(pending_rows - rest, rest)] if rest else []
         if stop is not None and position >= stop:
             break
-    if pending_rows:
-        yield _concat(pending)
+    if pending:
+        yield pa.concat_tables(pending)
 
 
 class EvalStreamBatches:
@@ -198,9 +224,9 @@ class EvalStreamBatches:
     def __iter__(self) -> Iterator:
         if self.stop is not None and self.stop <= self.start:
             return  # this rank's shard is empty (fewer rows than ranks)
-        columnar = self.source.iter_batches(batch_size=self.batch_size, batch_format="numpy",
-                                            prefetch_batches=self.prefetch_batches)
-        for batch in row_range_batches(columnar, self.start, self.stop, self.batch_size):
+        tables = self.source.iter_batches(batch_size=self.batch_size, batch_format="pyarrow",
+                                          prefetch_batches=self.prefetch_batches)
+        for batch in row_range_batches(tables, self.start, self.stop, self.batch_size):
             inputs = self.collate_fn(batch)
             yield inputs if self.device.type == "cpu" else move_to_device(inputs, self.device)
 

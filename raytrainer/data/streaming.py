@@ -315,13 +315,17 @@ def torch_trainer_data(trainer) -> dict:
     streams = registered_streams(trainer)
     if not streams:
         return {}
+    import copy
+
+    from ray.data import DataContext
     from ray.train import DataConfig
 
     datasets, options = {}, {}
     for name, (stream, training) in streams.items():
         stream = as_stream(stream)
         datasets[name] = _prepared(trainer, stream, training, "training" if training else "evaluation")
-        option = DataConfig.default_ingest_options()
+        # the driver's options, as Ray Train's default would take them (without its deprecated fields)
+        option = copy.deepcopy(DataContext.get_current().execution_options)
         option.preserve_order = option.preserve_order or stream.deterministic
         options[name] = option
     split = [name for name, (_, training) in streams.items() if training]

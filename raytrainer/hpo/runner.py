@@ -2,6 +2,7 @@
 with the trial's TrainingArguments, trained with ``model_init(trial)``, its objective, its best
 checkpoint, and a ``trial_result.json`` beside its checkpoints in ``output_dir/<run name>/``."""
 
+import contextlib
 import copy
 import json
 import logging
@@ -41,7 +42,7 @@ class TrialSetup:
         return os.path.join(self.output_dir, run_name)
 
 
-def build_trial_trainer(setup: TrialSetup, params: dict, run_name: str, run_config=None):
+def build_trial_trainer(setup: TrialSetup, params: dict, run_name: str, run_config=None, extra_callbacks=()):
     """A Trainer of the user's class for one trial: same constructor call, trial arguments, its
     own copies of the callbacks (trials may run side by side), no progress display."""
     arguments = dict(setup.blueprint.arguments)
@@ -50,6 +51,8 @@ def build_trial_trainer(setup: TrialSetup, params: dict, run_name: str, run_conf
     trainer = setup.blueprint.trainer_cls(**arguments)
     for callback in [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ in _DISPLAY_CALLBACKS]:
         trainer.remove_callback(callback)
+    for callback in extra_callbacks:
+        trainer.add_callback(callback)
     trainer._trial_run_name = run_name
     return trainer
 
@@ -62,7 +65,7 @@ def _own_copy(callback):
 
 
 def run_trial(setup: TrialSetup, trial, *, run_config=None, resume: bool = False,
-              on_final_evaluation: Optional[Callable] = None) -> TrialRecord:
+              on_final_evaluation: Optional[Callable] = None, extra_callbacks=()) -> TrialRecord:
     """Train one trial and return its record (also written to ``<run dir>/trial_result.json``).
 
     ``resume``: continue from the latest complete checkpoint in the trial's folder (a retried or
@@ -73,8 +76,9 @@ def run_trial(setup: TrialSetup, trial, *, run_config=None, resume: bool = False
     checkpoint = latest_complete_checkpoint(run_dir) if resume and os.path.isdir(run_dir) else None
     trainer = None
     try:
-        trainer = build_trial_trainer(setup, trial.params, trial.run_name, run_config)
-        output = trainer.train(resume_from_checkpoint=checkpoint, trial=trial)
+        trainer = build_trial_trainer(setup, trial.params, trial.run_name, run_config, extra_callbacks)
+        with _quiet_ray_train():
+            output = trainer.train(resume_from_checkpoint=checkpoint, trial=trial)
         points = evaluation_points(trainer.state.log_history)
         if not points:
             metrics = trainer.evaluate()
@@ -98,15 +102,25 @@ def _record(setup, trial, status, trainer, start, points=None, train_metrics=Non
     history = history or list(trial.history)
     checkpoint, checkpoint_metrics = None, None
     if trainer is not None and points:
-        checkpoint, checkpoint_metrics = trial_checkpoint(setup.run_dir(trial.run_name), trainer.state, points,
-                                                          history, setup.directions[0])
+        checkpoint, checkpoint_metrics = trial_checkpoint(setup.run_dir(trial.run_name),
+                                                          trainer.state.best_model_checkpoint, points, history,
+                                                          setup.directions[0])
     return TrialRecord(
         run_id=trial.trial_id, run_name=trial.run_name, status=status,
         objective=history[-1][1] if history and status == "complete" else None,
-        hyperparameters=dict(trial.hyperparameters), history=history, checkpoint=checkpoint,
-        checkpoint_metrics=checkpoint_metrics, global_step=trainer.state.global_step if trainer else None,
+        hyperparameters=trial.sampled_hyperparameters(), history=history, checkpoint=checkpoint,
+        checkpoint_metrics=checkpoint_metrics, global_step=_last_step(trainer, history),
         train_runtime=(train_metrics or {}).get("train_runtime"), wall_time=time.time() - start, error=error,
     )
+
+
+def _last_step(trainer, history: list) -> Optional[int]:
+    """The last training step: the trainer's (in-process), or the last report's (a multi-worker
+    trial stopped before its state came back)."""
+    steps = [step for step, _ in history if step is not None]
+    if trainer is not None:
+        steps.append(trainer.state.global_step)
+    return max(steps) if steps else None
 
 
 def evaluation_points(log_history: list) -> list:
@@ -120,14 +134,14 @@ def evaluation_points(log_history: list) -> list:
     return sorted(points.items(), key=lambda item: item[0])
 
 
-def trial_checkpoint(run_dir: str, state, points: list, history: list, direction: str):
+def trial_checkpoint(run_dir: str, best_model_checkpoint: Optional[str], points: list, history: list,
+                     direction: str):
     """The trial's best checkpoint and the evaluation metrics at its step: the Trainer's own
     ``best_model_checkpoint`` when ``metric_for_best_model`` is set, else the saved checkpoint
     whose step had the best (first) objective, else the latest one."""
     metrics_at = dict(points)
-    best = state.best_model_checkpoint
-    if best and os.path.isdir(best):
-        return os.path.abspath(best), metrics_at.get(step_of(best))
+    if best_model_checkpoint and os.path.isdir(best_model_checkpoint):
+        return os.path.abspath(best_model_checkpoint), metrics_at.get(step_of(best_model_checkpoint))
     saved = {step_of(path): path for path in sorted_checkpoints(run_dir)}
     if not saved:
         return None, None
@@ -137,6 +151,32 @@ def trial_checkpoint(run_dir: str, state, points: list, history: list, direction
             chosen = (step, values[0])
     step = chosen[0] if chosen else max(saved)
     return os.path.abspath(saved[step]), metrics_at.get(step)
+
+
+def saved_best_model_checkpoint(run_dir: str) -> Optional[str]:
+    """``best_model_checkpoint`` as the latest checkpoint's ``trainer_state.json`` recorded it
+    (for a trial whose process was stopped before it could say)."""
+    checkpoints = sorted_checkpoints(run_dir) if os.path.isdir(run_dir) else []
+    if not checkpoints:
+        return None
+    try:
+        with open(os.path.join(checkpoints[-1], "trainer_state.json")) as f:
+            return json.load(f).get("best_model_checkpoint")
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _quiet_ray_train():
+    """Ray Train's per-run INFO lines ("Running in local mode", reported metrics) would repeat
+    for every trial; the search prints its own summary."""
+    train_logger = logging.getLogger("ray.train")
+    level = train_logger.level
+    train_logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        train_logger.setLevel(level)
 
 
 def write_record(run_dir: str, record: TrialRecord) -> None:

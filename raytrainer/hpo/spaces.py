@@ -108,6 +108,10 @@ def tune_dict_as_define_by_run(space: dict):
     """A Ray Tune dict space as an Optuna define-by-run function (for ``backend="optuna"``)."""
     from ray.tune.search.optuna import OptunaSearch
 
+    from ray import tune
+
+    # a grid is a set of choices to Optuna (use a GridSampler to walk it exhaustively)
+    space = {name: tune.choice(list(value["grid_search"])) if _is_grid(value) else value for name, value in space.items()}
     constants = {name: value for name, value in space.items() if not is_tune_domain(value)}
     domains = {name: value for name, value in space.items() if is_tune_domain(value)}
     distributions = OptunaSearch.convert_search_space(domains) if domains else {}
@@ -117,6 +121,10 @@ def tune_dict_as_define_by_run(space: dict):
         return {**values, **constants}
 
     return sample
+
+
+def _is_grid(value) -> bool:
+    return isinstance(value, dict) and set(value) == {"grid_search"}
 
 
 def _suggest_distribution(trial, name: str, distribution):

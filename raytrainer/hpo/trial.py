@@ -15,6 +15,7 @@ reporter, which is what differs between backends and between in-process and mult
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..callbacks import TrainerCallback
 from .objective import objective_values
 
 OBJECTIVE = "objective"
@@ -46,6 +47,7 @@ class SearchTrial:
     compute_objective: Callable
     num_objectives: int
     reporter: Any
+    hyperparameters: dict = field(default_factory=dict)  # everything sampled (params + model_init's)
     user_trial: Any = None
     in_tune_trial: bool = False  # run the loop right here and report through ray.tune
     history: list = field(default_factory=list)  # [(step, [objective values])] seen in this process
@@ -55,6 +57,12 @@ class SearchTrial:
         self.history.append((step, values))
         trainer.objective = values[0] if self.num_objectives == 1 else values  # HF's attribute
         self.reporter.report(trainer, step, values, metrics)
+
+    def sampled_hyperparameters(self) -> dict:
+        """Everything sampled so far: the space's values, plus what ``model_init(trial)`` itself
+        suggested on an Optuna trial."""
+        live = getattr(self.user_trial, "params", None)
+        return {**self.hyperparameters, **(live if isinstance(live, dict) else {})}
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -76,18 +84,54 @@ class OptunaReporter:
             raise optuna.TrialPruned(f"pruned at step {step} with objective {values[0]:.6g}")
 
 
+# The Tune reporters hold an evaluation's report back until the checkpoint of that step is saved
+# (or training moves on): a Tune scheduler may stop the trial at any report, and the trial's
+# process is gone right after, so its checkpoint must already be on disk. The report waits here,
+# one per process (a Tune trial, or a Ray Train worker, runs one trial at a time), and
+# ``ReportFlushCallback``, added to the trial's Trainer, sends it.
+_PENDING = {}
+
+
 class TuneReporter:
     def report(self, trainer, step, values, metrics):
-        import ray.tune
-
-        ray.tune.report(tune_metrics(step, values, metrics))
+        _PENDING["report"] = (_tune_report, tune_metrics(step, values, metrics))
 
 
 class TrainReporter:
     def report(self, trainer, step, values, metrics):
-        import ray.train
+        _PENDING["report"] = (_train_report, tune_metrics(step, values, metrics))
 
-        ray.train.report(tune_metrics(step, values, metrics))
+
+def _tune_report(metrics: dict) -> None:
+    import ray.tune
+
+    ray.tune.report(metrics)
+
+
+def _train_report(metrics: dict) -> None:
+    import ray.train
+
+    ray.train.report(metrics)  # every rank, the same number of times: it is a barrier
+
+
+def flush_pending_report() -> None:
+    pending = _PENDING.pop("report", None)
+    if pending is not None:
+        send, metrics = pending
+        send(metrics)
+
+
+class ReportFlushCallback(TrainerCallback):
+    """Sends the held-back evaluation report after the save of its step, at the next step, or at
+    the end of the epoch or of training, whichever comes first."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        _PENDING.pop("report", None)  # a reused Tune actor: nothing left from its previous trial
+
+    def on_save(self, args, state, control, **kwargs):
+        flush_pending_report()
+
+    on_step_end = on_epoch_end = on_train_end = on_save
 
 
 class RelayReporter:

@@ -16,7 +16,7 @@ from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from ..data.streaming import torch_trainer_data
-from .worker import local_train_loop, remote_train_loop
+from .worker import local_train_loop, run_loop
 
 
 @dataclass
@@ -54,6 +54,10 @@ def run_training(trainer, *, resume_from_checkpoint, trial, ignore_keys_for_eval
     from .._trainer_setup import is_local_mode, resolve_scaling_config
 
     scaling_config = resolve_scaling_config(trainer.scaling_config)
+    if is_local_mode(scaling_config) and getattr(trial, "in_tune_trial", False):
+        # a Ray Tune trial's own process: the loop reports through ray.tune, which a nested
+        # local-mode TorchTrainer would not allow (its ray.train.report is refused inside Tune)
+        return run_loop(trainer, resume_from_checkpoint, trial, ignore_keys_for_eval)
     if is_local_mode(scaling_config):
         job = LocalJob(trainer, resume_from_checkpoint, trial, ignore_keys_for_eval)
         TorchTrainer(local_train_loop, train_loop_config={"job": job},

@@ -1,0 +1,1 @@
+"""The two search backends: an Optuna study in the driver, or a Ray Tune experiment."""

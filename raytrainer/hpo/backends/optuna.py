@@ -1,0 +1,90 @@
+"""``backend="optuna"``: an Optuna study in the driver; each trial a raytrainer training run, in
+this process (``num_workers=0``) or on Ray Train workers (``scaling_config``).
+
+Evaluations are reported to the trial, so the study's pruner (Optuna's default: median) stops
+bad trials early. With ``storage=`` (an RDB URL or ``optuna.storages.JournalStorage``) plus
+``study_name=`` and ``load_if_exists=True``, a restarted driver continues the study: ``n_trials``
+is the study's total, so only the trials still missing run. ``n_jobs`` runs trials side by side.
+"""
+
+import os
+
+from ..._trainer_setup import is_local_mode
+from ..relay import RelayServer
+from ..results import TrialRecord
+from ..runner import clear_stale_run_dir, read_record, run_trial
+from ..trial import OptunaReporter, RelayReporter, SearchTrial
+
+STUDY_OPTIONS = ("storage", "sampler", "pruner", "study_name", "load_if_exists")
+OPTIMIZE_OPTIONS = ("timeout", "n_jobs", "gc_after_trial", "catch", "callbacks", "show_progress_bar")
+OPTIONS = STUDY_OPTIONS + OPTIMIZE_OPTIONS
+
+
+def run_optuna_search(setup, space, n_trials: int, hp_name, options: dict):
+    """Run (or continue) the study; returns ``(records, study)``."""
+    import optuna
+
+    study_options = {k: v for k, v in options.items() if k in STUDY_OPTIONS}
+    optimize_options = {k: v for k, v in options.items() if k in OPTIMIZE_OPTIONS}
+    optimize_options.setdefault("catch", (Exception,))  # a failing trial is recorded, the sweep goes on
+    directions = setup.directions
+    if len(directions) == 1:
+        study = optuna.create_study(direction=directions[0], **study_options)
+    else:
+        study = optuna.create_study(directions=directions, **study_options)
+    finished = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
+    remaining = max(0, n_trials - finished)
+    if remaining:
+        objective = _Objective(setup, space, hp_name)
+        study.optimize(objective, n_trials=remaining, **optimize_options)
+    return [_record_of(setup, trial) for trial in study.trials], study
+
+
+class _Objective:
+    def __init__(self, setup, space, hp_name):
+        self.setup, self.space, self.hp_name = setup, space, hp_name
+
+    def __call__(self, optuna_trial):
+        setup = self.setup
+        params = dict(self.space(optuna_trial) or {})
+        run_name = self.hp_name(optuna_trial) if self.hp_name is not None else f"run-{optuna_trial.number}"
+        optuna_trial.set_user_attr("run_name", run_name)
+        trial = SearchTrial(trial_id=str(optuna_trial.number), run_name=run_name, params=params,
+                            compute_objective=setup.compute_objective, num_objectives=len(setup.directions),
+                            reporter=OptunaReporter(optuna_trial), hyperparameters=dict(optuna_trial.params),
+                            user_trial=optuna_trial)
+        clear_stale_run_dir(setup.run_dir(run_name))
+        if is_local_mode(setup.scaling_config):
+            record = run_trial(setup, trial)
+        else:
+            record = _run_on_workers(setup, trial, optuna_trial)
+        return record.objective[0] if len(record.objective) == 1 else record.objective
+
+
+def _run_on_workers(setup, trial, optuna_trial):
+    from ray.train import RunConfig
+
+    server = RelayServer(optuna_trial, trial)
+    trial.reporter = RelayReporter(server.relay)
+    run_config = RunConfig(name=trial.run_name, storage_path=os.path.abspath(setup.output_dir),
+                           failure_config=setup.failure_config)
+    with server:
+        return run_trial(setup, trial, run_config=run_config)
+
+
+def _record_of(setup, optuna_trial) -> TrialRecord:
+    """The trial's record: its ``trial_result.json`` when it got that far, else what the study
+    knows (a trial still running, or one whose driver was killed)."""
+    import optuna
+
+    run_name = optuna_trial.user_attrs.get("run_name", f"run-{optuna_trial.number}")
+    record = read_record(setup.run_dir(run_name))
+    if record is not None and record.run_id == str(optuna_trial.number):
+        return record
+    states = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned",
+              optuna.trial.TrialState.FAIL: "failed"}
+    values = optuna_trial.values
+    return TrialRecord(run_id=str(optuna_trial.number), run_name=run_name,
+                       status=states.get(optuna_trial.state, "running"),
+                       objective=list(values) if values else None, hyperparameters=dict(optuna_trial.params),
+                       history=sorted((step, [value]) for step, value in optuna_trial.intermediate_values.items()))

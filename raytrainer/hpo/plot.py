@@ -1,0 +1,57 @@
+"""The results plot: the objective of every trial in order, and against each hyperparameter.
+matplotlib is optional (``pip install raytrainer[plot]``); without it no PNG is written."""
+
+import logging
+
+logger = logging.getLogger("raytrainer")
+_STATUS_COLOURS = {"complete": "tab:blue", "pruned": "tab:orange", "stopped": "tab:orange", "failed": "tab:red"}
+
+
+def plot_results(path: str, records: list, directions: list):
+    """Write the PNG to ``path`` and return it, or return None when matplotlib is not installed
+    or no trial has an objective."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only; never open a window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("hyperparameter_search: matplotlib is not installed, so no results plot (%s); "
+                    "pip install matplotlib to get one.", path)
+        return None
+    points = [(record, _plotted_value(record)) for record in records]
+    points = [(record, value) for record, value in points if value is not None]
+    if not points:
+        return None
+    names = sorted({name for record, _ in points for name in record.hyperparameters})
+    figure, axes = plt.subplots(1, 1 + len(names), figsize=(4 * (1 + len(names)), 3.5), squeeze=False)
+    label = "objective" if len(directions) == 1 else "objective[0]"
+    _scatter(axes[0][0], [int(i) for i in range(len(points))], points, "trial", label)
+    for axis, name in zip(axes[0][1:], names):
+        present = [(record, value) for record, value in points if name in record.hyperparameters]
+        xs = [record.hyperparameters[name] for record, _ in present]
+        if any(isinstance(x, (str, bool)) for x in xs):
+            xs = [str(x) for x in xs]
+        _scatter(axis, xs, present, name, label)
+        if name == "learning_rate" and all(isinstance(x, float) and x > 0 for x in xs):
+            axis.set_xscale("log")
+    figure.suptitle(f"hyperparameter search: {len(records)} trials ({', '.join(directions)})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def _plotted_value(record):
+    if record.objective:
+        return record.objective[0]
+    if record.history:  # a pruned or stopped trial: its last reported objective
+        return record.history[-1][1][0]
+    return None
+
+
+def _scatter(axis, xs, points, xlabel: str, ylabel: str) -> None:
+    colours = [_STATUS_COLOURS.get(record.status, "tab:gray") for record, _ in points]
+    axis.scatter(xs, [value for _, value in points], c=colours, s=18)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
