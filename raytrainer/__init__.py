@@ -19,6 +19,14 @@ from .callbacks import (
 from .data.collators import DataCollatorWithPadding, default_data_collator
 from .data.streaming import StreamingDataset, stream
 from .enums import HubStrategy, IntervalStrategy, OptimizerNames, SaveStrategy, SchedulerType
+from .hpo import (
+    BestRun,
+    SearchSpace,
+    default_compute_objective,
+    default_hp_space_optuna,
+    default_hp_space_ray,
+    load_search_space,
+)
 from .optim import get_decay_parameter_names
 from .outputs import EvalLoopOutput, EvalPrediction, PredictionOutput, TrainOutput
 from .schedules import get_scheduler
@@ -30,6 +38,7 @@ from .trainer import Trainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "BestRun",
     "CallbackHandler",
     "DataCollatorWithPadding",
     "DefaultFlowCallback",
@@ -46,6 +55,7 @@ __all__ = [
     "ProgressCallback",
     "SaveStrategy",
     "SchedulerType",
+    "SearchSpace",
     "StreamingDataset",
     "Seq2SeqTrainer",
     "Seq2SeqTrainingArguments",
@@ -55,10 +65,14 @@ __all__ = [
     "TrainerControl",
     "TrainerState",
     "TrainingArguments",
+    "default_compute_objective",
     "default_data_collator",
+    "default_hp_space_optuna",
+    "default_hp_space_ray",
     "enable_full_determinism",
     "get_decay_parameter_names",
     "get_scheduler",
+    "load_search_space",
     "set_seed",
     "stream",
 ]

@@ -110,27 +110,27 @@ def test_stream_trains_the_same_weights_as_the_torch_dataset(make_args):
 
 def test_epoch_strategies_on_a_parquet_stream_match_a_map_style_run(tmp_path, make_args):
     folder = _parquet_folder(tmp_path / "rows", _regression_table(22), rows_per_file=8)  # 3 files
-    common = dict(num_train_epochs=3, eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch",
+    common = dict(num_train_epochs=2, eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch",
                   learning_rate=0.05, seed=3)
     model = RowTrackingModel()
     streamed = Trainer(model=model, args=make_args(output_dir=str(tmp_path / "stream"), **common),
-                       train_dataset=stream(folder), eval_dataset=stream(folder))
+                       train_dataset=stream(folder), eval_dataset=stream(_regression_table(22)))
     output = streamed.train()
     map_style = Trainer(model=RegressionModel(), args=make_args(output_dir=str(tmp_path / "map"), **common),
                         train_dataset=RegressionDataset(22), eval_dataset=RegressionDataset(22))
     map_style.train()
 
-    # 22 rows, batch 4: 6 steps an epoch, derived from the parquet footers, no max_steps needed
-    assert output.global_step == streamed.state.max_steps == 18
+    # 22 rows, batch 4: 6 steps an epoch, counted from the parquet footers, no max_steps needed
+    assert output.global_step == streamed.state.max_steps == 12
     schedule = [(e["step"], e["epoch"], e.get("learning_rate"), "eval_loss" in e) for e in streamed.state.log_history]
     assert schedule == [(e["step"], e["epoch"], e.get("learning_rate"), "eval_loss" in e)
                         for e in map_style.state.log_history]
-    assert [(step, epoch) for step, epoch, _, is_eval in schedule if is_eval] == [(6, 1.0), (12, 2.0), (18, 3.0)]
-    assert {"checkpoint-6", "checkpoint-12", "checkpoint-18"} <= set(os.listdir(tmp_path / "stream"))
-    # every epoch is a permutation of all 22 rows, and each epoch's order is different
-    epochs = [model.seen[22 * e: 22 * (e + 1)] for e in range(3)]
-    assert len(model.seen) == 66 and all(sorted(epoch) == list(range(22)) for epoch in epochs)
-    assert epochs[0] != epochs[1] != epochs[2] and epochs[0] != list(range(22))
+    assert [(step, epoch) for step, epoch, _, is_eval in schedule if is_eval] == [(6, 1.0), (12, 2.0)]
+    assert {"checkpoint-6", "checkpoint-12"} <= set(os.listdir(tmp_path / "stream"))
+    # each epoch is a permutation of all 22 rows (file order and rows shuffled), and the epochs differ
+    epochs = [model.seen[:22], model.seen[22:]]
+    assert len(model.seen) == 44 and all(sorted(epoch) == list(range(22)) for epoch in epochs)
+    assert epochs[0] != epochs[1] and list(range(22)) not in epochs
 
 
 def _epoch_orders(make_args, source, epochs=2, **overrides):
@@ -144,8 +144,8 @@ def _epoch_orders(make_args, source, epochs=2, **overrides):
 
 
 def test_shuffle_is_seeded_by_the_seed_and_the_epoch(tmp_path, make_args):
-    folder = _parquet_folder(tmp_path / "rows", _regression_table(20), rows_per_file=5)
-    source = stream(folder, local_shuffle_buffer_size=8)
+    table = _regression_table(20)
+    source = stream(ray.data.from_arrow([table.slice(0, 10), table.slice(10)]), local_shuffle_buffer_size=8)
     first, batches = _epoch_orders(make_args, source, seed=1)
     again, _ = _epoch_orders(make_args, source, seed=1)
     other_seed, _ = _epoch_orders(make_args, source, seed=2)
@@ -156,8 +156,13 @@ def test_shuffle_is_seeded_by_the_seed_and_the_epoch(tmp_path, make_args):
     assert first == again  # reproducible run to run
     assert first[0] != first[1] and all(sorted(order) == list(range(20)) for order in first)
     assert other_seed != first and by_data_seed == same_data_seed != first
-    unshuffled, _ = _epoch_orders(make_args, stream(folder, shuffle=False), seed=1)
+    unshuffled, _ = _epoch_orders(make_args, stream(table, shuffle=False), seed=1)
     assert unshuffled == [list(range(20))] * 2
+    # a parquet source also shuffles its file order, the same way every time for a seed
+    folder = _parquet_folder(tmp_path / "rows", table, rows_per_file=4)
+    parquet, _ = _epoch_orders(make_args, stream(folder, local_shuffle_buffer_size=4), epochs=1, seed=1)
+    assert parquet == _epoch_orders(make_args, stream(folder, local_shuffle_buffer_size=4), epochs=1, seed=1)[0]
+    assert sorted(parquet[0]) == list(range(20)) and parquet[0] != list(range(20))
 
 
 def test_unknown_length_needs_max_steps_and_trains_with_it(make_args):
@@ -327,9 +332,9 @@ def test_parquet_three_times_the_object_store_streams_in_bounded_memory(tmp_path
     dataset_bytes = files * rows_per_file * (features + 1) * 4
     assert dataset_bytes > 3 * OBJECT_STORE_BYTES
     probe = MemoryProbe()
-    trainer = Trainer(model=WideRegression(features), args=make_args(per_device_train_batch_size=8192,
-                                                                     logging_strategy="no"),
-                      train_dataset=stream(str(folder), shuffle=False), callbacks=[probe])
+    args = make_args(per_device_train_batch_size=8192, num_train_epochs=1, logging_strategy="no")
+    trainer = Trainer(model=WideRegression(features), args=args, train_dataset=stream(str(folder), shuffle=False),
+                      callbacks=[probe])
     output = trainer.train()
 
     assert output.global_step == files  # every row went through, one file's worth per step

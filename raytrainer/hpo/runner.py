@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -166,17 +167,28 @@ def saved_best_model_checkpoint(run_dir: str) -> Optional[str]:
         return None
 
 
+_QUIET = {"depth": 0, "level": logging.NOTSET}
+_QUIET_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _quiet_ray_train():
     """Ray Train's per-run INFO lines ("Running in local mode", reported metrics) would repeat
-    for every trial; the search prints its own summary."""
+    for every trial; the search writes its own table. Concurrent trials (Optuna's ``n_jobs``)
+    share the logger: the first one in lowers it, the last one out restores it."""
     train_logger = logging.getLogger("ray.train")
-    level = train_logger.level
-    train_logger.setLevel(max(level, logging.WARNING))
+    with _QUIET_LOCK:
+        if _QUIET["depth"] == 0:
+            _QUIET["level"] = train_logger.level
+            train_logger.setLevel(max(train_logger.level, logging.WARNING))
+        _QUIET["depth"] += 1
     try:
         yield
     finally:
-        train_logger.setLevel(level)
+        with _QUIET_LOCK:
+            _QUIET["depth"] -= 1
+            if _QUIET["depth"] == 0:
+                train_logger.setLevel(_QUIET["level"])
 
 
 def write_record(run_dir: str, record: TrialRecord) -> None:

@@ -8,6 +8,7 @@ is the study's total, so only the trials still missing run. ``n_jobs`` runs tria
 """
 
 import os
+import threading
 
 from ..._trainer_setup import is_local_mode
 from ..relay import RelayServer
@@ -18,6 +19,11 @@ from ..trial import OptunaReporter, RelayReporter, SearchTrial
 STUDY_OPTIONS = ("storage", "sampler", "pruner", "study_name", "load_if_exists")
 OPTIMIZE_OPTIONS = ("timeout", "n_jobs", "gc_after_trial", "catch", "callbacks", "show_progress_bar")
 OPTIONS = STUDY_OPTIONS + OPTIMIZE_OPTIONS
+# In-process trials run one at a time even with n_jobs > 1: trials sharing this process's threads
+# were measured to corrupt each other's results (process-global torch/Ray Train state), so n_jobs
+# only overlaps multi-worker trials, each its own Ray Train run. Use backend="ray" for concurrent
+# in-process trials (one process per trial).
+_IN_PROCESS_TRIAL = threading.Lock()
 
 
 def run_optuna_search(setup, space, n_trials: int, hp_name, options: dict):
@@ -55,7 +61,8 @@ class _Objective:
                             user_trial=optuna_trial)
         clear_stale_run_dir(setup.run_dir(run_name))
         if is_local_mode(setup.scaling_config):
-            record = run_trial(setup, trial)
+            with _IN_PROCESS_TRIAL:
+                record = run_trial(setup, trial)
         else:
             record = _run_on_workers(setup, trial, optuna_trial)
         return record.objective[0] if len(record.objective) == 1 else record.objective
