@@ -37,9 +37,16 @@ REPO_ROOT = os.path.dirname(BENCHMARKS)
 if BENCHMARKS not in sys.path:  # the job modules must be imported by the same name the workers use
     sys.path.insert(0, BENCHMARKS)
 
-import _ray_job  # noqa: E402
-from _common import (format_table, paired_ratio, per_step_from_clock, quiet_library_logs, quiet_stdout,  # noqa: E402
-                     summarise, typical_step)
+import _ray_job
+from _common import (
+    format_table,
+    paired_ratio,
+    per_step_from_clock,
+    quiet_library_logs,
+    quiet_stdout,
+    summarise,
+    typical_step,
+)
 
 IMPLEMENTATIONS = ("raw", "raytrainer")
 TARGET_RATIO = 1.05
@@ -48,12 +55,10 @@ METRICS = (("fit_wall", "fit() / train() wall", 1.0, "s"),
            ("first_step", "driver call -> first step end", 1.0, "s"),
            ("per_step", "steady-state step", 1e3, "ms"))
 # cross-checks without a target: the 25th-percentile single step and rank 0's CPU time per step
-# (both robust to other processes' load), the driver's CPU time in the call, and the CPU time of
-# the driver and every process it started (raylet, GCS, Ray workers): the whole cost of a fit
+# (both less sensitive to other processes' load), and the driver's CPU time in the call
 EXTRA_METRICS = (("typical_step", "typical step (p25)", 1e3, "ms"),
                  ("per_step_cpu", "steady-state step, rank 0 CPU", 1e3, "ms"),
-                 ("driver_cpu", "driver CPU time in the call", 1.0, "s"),
-                 ("ray_cpu", "CPU of driver + all Ray processes in the call", 1.0, "s"))
+                 ("driver_cpu", "driver CPU time in the call", 1.0, "s"))
 # (key, label): consecutive phases of one run; they add up to the fit's wall time
 PHASES = (("to_worker_start", "driver call -> worker function start"),
           ("worker_setup", "worker function start -> loop start"),
@@ -116,8 +121,7 @@ def run_metrics(driver: dict, clock: dict, skip_steps: int) -> dict:
     ends = clock["step_ends"]
     return {"fit_wall": driver["return"] - driver["call"], "first_step": ends[0] - driver["call"],
             "per_step": per_step_from_clock(ends, skip_steps), "typical_step": typical_step(ends, skip_steps),
-            "per_step_cpu": per_step_from_clock(clock["step_cpu"], skip_steps), "driver_cpu": driver["cpu"],
-            "ray_cpu": driver.get("tree_cpu")}
+            "per_step_cpu": per_step_from_clock(clock["step_cpu"], skip_steps), "driver_cpu": driver["cpu"]}
 
 
 def phase_breakdown(driver: dict, clock: dict) -> dict:
@@ -133,8 +137,7 @@ def summarise_runs(runs: list) -> dict:
     by_impl = {impl: [run for run in runs if run["implementation"] == impl] for impl in IMPLEMENTATIONS}
     if any(len(impl_runs) == 0 for impl_runs in by_impl.values()):
         raise ValueError(f"runs must hold at least one run of each of {IMPLEMENTATIONS}.")
-    # a cross-check this machine cannot measure (no psutil) is left out rather than faked
-    keys = [key for key, *_ in METRICS + EXTRA_METRICS if all(run["metrics"].get(key) is not None for run in runs)]
+    keys = [key for key, *_ in METRICS + EXTRA_METRICS]
     metrics = {impl: {key: summarise([run["metrics"][key] for run in impl_runs]) for key in keys}
                for impl, impl_runs in by_impl.items()}
     phases = {impl: {key: summarise([run["phases"][key] for run in impl_runs])["median"] for key, _ in PHASES}
@@ -158,8 +161,6 @@ def format_report(result: dict) -> str:
              f"mean from step {plan['skip_steps']} to the last", ""]
     rows = []
     for key, label, scale, unit in METRICS + EXTRA_METRICS:
-        if key not in summary["ratios"]:
-            continue
         raw, ours = summary["metrics"]["raw"][key], summary["metrics"]["raytrainer"][key]
         target = summary["targets"].get(key)
         rows.append([f"{label} ({unit})", _spread(raw, scale), _spread(ours, scale), f"{summary['ratios'][key]:.3f}x",
@@ -211,9 +212,10 @@ def _prepare_raw(model, dataset, max_steps: int, clock_path: str, run_dir: str, 
 
 def _prepare_raytrainer(model, dataset, max_steps: int, clock_path: str, run_dir: str, workers: int):
     """raytrainer's Trainer, built here (untimed, like the raw side's model and data)."""
-    import raytrainer
     from _ray_job_callback import RankZeroClockCallback
     from ray.train import ScalingConfig
+
+    import raytrainer
 
     args = raytrainer.TrainingArguments(
         output_dir=run_dir, max_steps=max_steps, per_device_train_batch_size=_ray_job.BATCH_SIZE,
@@ -230,36 +232,17 @@ def _prepare_raytrainer(model, dataset, max_steps: int, clock_path: str, run_dir
 PREPARERS = {"raw": _prepare_raw, "raytrainer": _prepare_raytrainer}
 
 
-def _process_tree_cpu():
-    """CPU seconds used so far by this process and all it started: Ray's raylet and GCS, and the
-    worker processes, whose time their parent collects when they exit. None without psutil."""
-    try:
-        import psutil
-    except ImportError:
-        return None
-    me, total = psutil.Process(), 0.0
-    for process in [me] + me.children(recursive=True):
-        try:
-            times = process.cpu_times()
-        except psutil.Error:  # exited while being listed
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
-
-
 def _one_fit(impl: str, template, dataset, max_steps: int, workdir: str, tag: str, workers: int) -> tuple:
     """Fit once; returns the driver's call/return wall times and CPU time, and rank 0's stamps."""
     run_dir = os.path.join(workdir, f"{impl}-{tag}")
     clock_path = os.path.join(workdir, f"{impl}-{tag}.clock.json")
     fit = PREPARERS[impl](copy.deepcopy(template), dataset, max_steps, clock_path, run_dir, workers)
     gc.collect()
-    tree_cpu = _process_tree_cpu()
     with quiet_stdout():
         cpu, call = time.process_time(), time.time()
         fit()
         driver = {"call": call, "return": time.time(), "cpu": time.process_time() - cpu,
                   "load_1min": os.getloadavg()[0]}  # other processes' share of the 2 CPUs, to judge a run
-    driver["tree_cpu"] = None if tree_cpu is None else _process_tree_cpu() - tree_cpu
     clock = _ray_job.read_clock(clock_path)
     if len(clock["step_ends"]) != max_steps:
         raise RuntimeError(f"{impl} ran {len(clock['step_ends'])} optimizer steps on rank 0, expected "

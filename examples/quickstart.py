@@ -1,4 +1,5 @@
-"""Train, evaluate and predict with raytrainer on a small real dataset (scikit-learn's digits).
+"""Train, evaluate and predict with raytrainer on a small real dataset (scikit-learn's digits),
+then run a small hyperparameter sweep.
 
     python examples/quickstart.py [--output_dir out/quickstart] [--num_train_epochs 3] ...
 
@@ -7,6 +8,7 @@ through a Ray Train TorchTrainer in local mode (ScalingConfig(num_workers=0)): i
 no cluster needed. It finishes in a few seconds on a laptop CPU.
 """
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -86,7 +88,28 @@ def main(argv=None):
     trainer.log_metrics("test", prediction.metrics)
     trainer.save_model()
     print(f"test accuracy: {prediction.metrics['test_accuracy']:.3f}  (checkpoints in {args.output_dir})")
+    best = small_sweep(args, train, dev)
+    print(f"sweep: best learning_rate {best.hyperparameters['learning_rate']:.2e}, "
+          f"dev accuracy {best.objective:.3f} (trials in {args.output_dir}/sweep)")
     return prediction.metrics
+
+
+def small_sweep(args, train, dev, n_trials: int = 4):
+    """A small Optuna sweep over the learning rate and the warmup; each trial trains a fresh model
+    from ``model_init`` in this process for one epoch and reports its dev accuracy."""
+    sweep_args = dataclasses.replace(args, output_dir=f"{args.output_dir}/sweep", num_train_epochs=1,
+                                     load_best_model_at_end=False, save_strategy="no", eval_strategy="epoch",
+                                     disable_tqdm=True, logging_strategy="no")
+    searcher = Trainer(model_init=DigitClassifier, args=sweep_args, train_dataset=train, eval_dataset=dev,
+                       compute_metrics=accuracy)
+
+    def space(trial):
+        return {"learning_rate": trial.suggest_float("learning_rate", 1e-3, 3e-2, log=True),
+                "warmup_ratio": trial.suggest_float("warmup_ratio", 0.0, 0.2)}
+
+    return searcher.hyperparameter_search(hp_space=space, n_trials=n_trials, direction="maximize",
+                                          compute_objective=lambda metrics: metrics["eval_accuracy"],
+                                          backend="optuna")
 
 
 if __name__ == "__main__":
