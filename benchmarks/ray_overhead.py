@@ -95,7 +95,7 @@ def validate_plan(plan: Plan) -> Plan:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one round of 120 steps, no warm-up fit (~1 min)")
+    parser.add_argument("--quick", action="store_true", help="one round of 120 steps, no warm-up fit (~1.5 min)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default: 4, or 1 with --quick)")
     parser.add_argument("--steps", type=int, help="optimizer steps per fit (default: 400, or 120 with --quick)")
@@ -153,28 +153,39 @@ def summarise_runs(runs: list) -> dict:
 def format_report(result: dict) -> str:
     """The metric table (medians, spread, ratio, verdict) and the phase table."""
     config, summary = result["config"], result["summary"]
-    plan = config["plan"]
-    lines = [f"ray overhead: {config['workers']} Ray Train workers on ray.init(num_cpus={config['workers']}), "
-             f"{config['job']}, {plan['max_steps']} steps per fit, {plan['rounds']} round(s); "
-             f"versions: {', '.join(f'{k} {v}' for k, v in config['versions'].items())}",
-             f"medians over rounds; ratio = median of per-round raytrainer/raw; steady-state step = rank 0's "
-             f"mean from step {plan['skip_steps']} to the last", ""]
+    plan, versions = config["plan"], ", ".join(f"{k} {v}" for k, v in config["versions"].items())
+    lines = [
+        (f"ray overhead: {config['workers']} Ray Train workers on ray.init(num_cpus={config['workers']}), "
+         f"{config['job']}, {plan['max_steps']} steps per fit, {plan['rounds']} round(s); versions: {versions}"),
+        (f"medians over rounds; ratio = median of per-round raytrainer/raw; steady-state step = rank 0's "
+         f"mean from step {plan['skip_steps']} to the last"),
+        "",
+        format_table(["metric", "raw median (min..max)", "raytrainer median (min..max)", "ratio", "target",
+                      "verdict"], _metric_rows(summary)),
+        "",
+        "phases (median seconds; worker stamps are rank 0's)",
+        format_table(["phase", "raw", "raytrainer", "difference"], _phase_rows(summary)),
+    ]
+    missed = [key for key, target in summary["targets"].items() if not target["met"]]
+    lines += ["", "verdict: " + ("target MISSED on: " + ", ".join(missed) if missed else "all targets met")]
+    return "\n".join(lines)
+
+
+def _metric_rows(summary: dict) -> list:
     rows = []
     for key, label, scale, unit in METRICS + EXTRA_METRICS:
         raw, ours = summary["metrics"]["raw"][key], summary["metrics"]["raytrainer"][key]
         target = summary["targets"].get(key)
-        rows.append([f"{label} ({unit})", _spread(raw, scale), _spread(ours, scale), f"{summary['ratios'][key]:.3f}x",
-                     f"<= {target['at_most']:.2f}" if target else "", ("met" if target["met"] else "MISSED") if target else ""])
-    lines.append(format_table(["metric", "raw median (min..max)", "raytrainer median (min..max)", "ratio", "target",
-                               "verdict"], rows))
-    phase_rows = [[label, f"{summary['phases']['raw'][key]:.3f}", f"{summary['phases']['raytrainer'][key]:.3f}",
-                   f"{summary['phases']['raytrainer'][key] - summary['phases']['raw'][key]:+.3f}"] for key, label in PHASES]
-    lines += ["", "phases (median seconds; worker stamps are rank 0's)",
-              format_table(["phase", "raw", "raytrainer", "difference"], phase_rows)]
-    verdict = "all targets met" if summary["all_targets_met"] else "target MISSED on: " + ", ".join(
-        key for key, target in summary["targets"].items() if not target["met"])
-    lines += ["", f"verdict: {verdict}"]
-    return "\n".join(lines)
+        target_text = f"<= {target['at_most']:.2f}" if target else ""
+        verdict = ("met" if target["met"] else "MISSED") if target else ""
+        rows.append([f"{label} ({unit})", _spread(raw, scale), _spread(ours, scale),
+                     f"{summary['ratios'][key]:.3f}x", target_text, verdict])
+    return rows
+
+
+def _phase_rows(summary: dict) -> list:
+    raw, ours = summary["phases"]["raw"], summary["phases"]["raytrainer"]
+    return [[label, f"{raw[key]:.3f}", f"{ours[key]:.3f}", f"{ours[key] - raw[key]:+.3f}"] for key, label in PHASES]
 
 
 def _spread(values: dict, scale: float) -> str:
@@ -250,6 +261,12 @@ def _one_fit(impl: str, template, dataset, max_steps: int, workdir: str, tag: st
     return driver, clock
 
 
+def _measured_run(impl: str, round_index: int, template, dataset, plan: Plan, workdir: str, workers: int) -> dict:
+    driver, clock = _one_fit(impl, template, dataset, plan.max_steps, workdir, f"r{round_index}", workers)
+    return {"implementation": impl, "round": round_index, "driver": driver, "clock": clock,
+            "metrics": run_metrics(driver, clock, plan.skip_steps), "phases": phase_breakdown(driver, clock)}
+
+
 def run_benchmark(plan: Plan, workers: int = 2) -> dict:
     """Warm-up fits, then ``plan.rounds`` rounds of one fit per implementation (the order flips every
     round); returns the JSON-ready result."""
@@ -258,19 +275,14 @@ def run_benchmark(plan: Plan, workers: int = 2) -> dict:
     validate_plan(plan)
     torch.manual_seed(_ray_job.SEED)
     template, dataset = _ray_job.WideMLP(), _ray_job.WideRegression()
-    runs = []
     with quiet_library_logs(), tempfile.TemporaryDirectory(prefix="ray_overhead_") as workdir:
         _start_ray(workers)
         try:
             for impl in IMPLEMENTATIONS if plan.warmup_steps else ():
                 _one_fit(impl, template, dataset, plan.warmup_steps, workdir, "warmup", workers)
-            for round_index in range(plan.rounds):
-                order = IMPLEMENTATIONS if round_index % 2 == 0 else IMPLEMENTATIONS[::-1]
-                for impl in order:
-                    driver, clock = _one_fit(impl, template, dataset, plan.max_steps, workdir, f"r{round_index}", workers)
-                    runs.append({"implementation": impl, "round": round_index, "driver": driver, "clock": clock,
-                                 "metrics": run_metrics(driver, clock, plan.skip_steps),
-                                 "phases": phase_breakdown(driver, clock)})
+            runs = [_measured_run(impl, round_index, template, dataset, plan, workdir, workers)
+                    for round_index in range(plan.rounds)
+                    for impl in (IMPLEMENTATIONS if round_index % 2 == 0 else IMPLEMENTATIONS[::-1])]
         finally:
             ray.shutdown()
     return {"config": _environment(plan, workers, template), "summary": summarise_runs(runs), "runs": runs}

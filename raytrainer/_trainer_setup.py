@@ -17,7 +17,7 @@ from .callbacks import (
     TrainerCallback,
     progress_callback_class,
 )
-from .data import streaming
+from .data import stream_trainer, streaming
 from .data.collators import DataCollatorWithPadding, default_data_collator
 from .data.loaders import has_length
 from .enums import IntervalStrategy, SchedulerType
@@ -161,9 +161,9 @@ def _check_datasets(trainer) -> None:
     if args.eval_strategy != IntervalStrategy.NO and trainer.eval_dataset is None:
         raise ValueError(f"Trainer: eval_strategy='{args.eval_strategy}' needs an eval_dataset; pass one or set "
                          "eval_strategy='no'.")
-    streaming.adopt_ray_datasets(trainer)  # a ray.data.Dataset is streamed with the default options
+    stream_trainer.adopt_ray_datasets(trainer)  # a ray.data.Dataset is streamed with the default options
     config = trainer.scaling_config
-    streaming.check_streams(trainer, None if is_local_mode(config) else (config.num_workers if config else 1))
+    stream_trainer.check_streams(trainer, None if is_local_mode(config) else (config.num_workers if config else 1))
     train = trainer.train_dataset
     if streaming.is_stream(train):
         return

@@ -25,7 +25,7 @@ from ._trainer_setup import (
 )
 from .args import TrainingArguments
 from .callbacks import TrainerCallback
-from .data import streaming
+from .data import stream_trainer, streaming
 from .data.columns import RemoveColumnsCollator, remove_unused_hf_columns, signature_columns
 from .data.loaders import build_eval_dataloader, build_train_dataloader
 from .enums import SchedulerType
@@ -238,8 +238,8 @@ class Trainer:
         """The training dataloader: a seeded per-epoch shuffle, sharded across Ray workers."""
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
-        if streaming.is_stream(self.train_dataset):  # Ray Data: this rank's shard, see data/streaming.py
-            return streaming.train_batches(self, self.train_dataset)
+        if streaming.is_stream(self.train_dataset):  # Ray Data: this rank's shard (data/stream_trainer.py)
+            return stream_trainer.train_batches(self, self.train_dataset)
         lengths = None
         original = self.train_dataset
         if (self.args.group_by_length and hasattr(original, "column_names")
@@ -256,7 +256,7 @@ class Trainer:
 
     def _eval_loader(self, dataset, description: str):
         if streaming.is_stream(dataset):
-            return streaming.eval_batches(self, dataset, description)
+            return stream_trainer.eval_batches(self, dataset, description)
         dataset = self._remove_unused_columns(dataset, description)
         return build_eval_dataloader(
             dataset, self._collator_for(dataset, description), self.args.eval_batch_size,

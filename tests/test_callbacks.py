@@ -455,3 +455,26 @@ def test_notebook_table_rows_per_evaluation_and_live_updates():
     assert "<th>Validation Loss</th><th>Accuracy</th>" in last and "Runtime" not in last
     assert "<td>2</td><td>0.500000</td><td>0.500000</td><td>0.250000</td><td>0.750000</td>" in last
     assert len(frames) == 5  # begin, two steps, two logs: every change is drawn (min_interval 0)
+
+
+def test_preemption_checks_are_spaced_in_time_and_sigterm_saves_then_stops(monkeypatch):
+    import ray.train
+
+    from raytrainer.runtime.preemption import PreemptionCallback
+    from raytrainer.state import TrainerControl
+
+    calls = []
+    monkeypatch.setattr(ray.train, "get_preemption_info", lambda: calls.append(1))
+    clock = iter([0.0, 1.0, 2.0])  # 1 s for the first 10 steps -> 0.1 s per step
+    monkeypatch.setattr("raytrainer.runtime.preemption.time.monotonic", lambda: next(clock))
+    callback = PreemptionCallback(interval_seconds=5.0, first_check=10)
+    args = SimpleNamespace(world_size=1, device="cpu")
+    control = TrainerControl()
+    for step in range(1, 60):
+        callback.on_step_end(args, SimpleNamespace(global_step=step), control)
+    assert len(calls) == 1 and callback.next_check == 60  # 5 s at 0.1 s per step = 50 steps later
+    callback.sigterm_received = True
+    callback.on_step_end(args, SimpleNamespace(global_step=60), control)
+    assert control.should_save
+    with pytest.raises(SystemExit, match="SIGTERM received; checkpoint-60 saved"):
+        callback.on_save(args, SimpleNamespace(global_step=60), control)

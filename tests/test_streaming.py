@@ -6,7 +6,6 @@ import copy
 import json
 import os
 import pickle
-import threading
 
 import numpy as np
 import pyarrow as pa
@@ -21,13 +20,13 @@ import raytrainer
 from raytrainer import StreamingDataset, Trainer, TrainerCallback, stream
 from raytrainer.data.loaders import set_dataloader_epoch
 from raytrainer.data.samplers import EpochShuffleSampler, even_shard_bounds
-from raytrainer.data.streaming import torch_trainer_data
 from raytrainer.data.stream_batches import (
     EvalStreamBatches,
     StreamCollate,
     columns_to_tensors,
     row_range_batches,
 )
+from raytrainer.data.stream_trainer import torch_trainer_data
 from raytrainer.runtime.payload import blueprint_of
 
 TESTS = os.path.dirname(__file__)
@@ -36,7 +35,7 @@ OBJECT_STORE_BYTES = 80 * 1024**2  # Ray's minimum is 75 MiB
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
-    ray.init(num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([TESTS, os.path.dirname(TESTS)])}})
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
@@ -66,14 +65,15 @@ def _parquet_folder(folder, table: pa.Table, rows_per_file: int) -> str:
 
 
 class RowTrackingModel(RegressionModel):
-    """Records the row ids of every training batch (``idx`` reaches forward because it is a parameter)."""
+    """Records the row ids of every training batch (``idx`` reaches forward because it is a parameter;
+    training is told from evaluation by gradients being on)."""
 
     def __init__(self):
         super().__init__()
         self.seen = []
 
     def forward(self, x, labels=None, idx=None):
-        if self.training and idx is not None:
+        if torch.is_grad_enabled() and idx is not None:
             self.seen.extend(idx.tolist())
         return super().forward(x, labels)
 
@@ -367,12 +367,13 @@ def test_two_workers_read_equal_train_shards_and_evaluate_every_row_once(tmp_pat
                      per_device_eval_batch_size=3, learning_rate=0.05, seed=4)
     trainer = Trainer(model=RowTrackingModel(), args=args, train_dataset=stream(folder), eval_dataset=dev,
                       compute_metrics=_count_and_first, callbacks=[RowsPerRank()],
-                      scaling_config=ScalingConfig(num_workers=2))
+                      # half a CPU each leaves one of the two CPUs to Ray Data's read tasks
+                      scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}))
     output = trainer.train()
 
     assert output.global_step == 12  # 43 // 2 = 21 rows a rank: 6 batches of 4 an epoch
     for epoch in (1, 2):
-        ranks = [json.load(open(tmp_path / "out" / f"rows-rank{rank}-epoch{epoch}.json")) for rank in (0, 1)]
+        ranks = [json.loads((tmp_path / "out" / f"rows-rank{rank}-epoch{epoch}.json").read_text()) for rank in (0, 1)]
         assert len(ranks[0]) == len(ranks[1]) == 21 and not set(ranks[0]) & set(ranks[1])
     evals = [entry for entry in trainer.state.log_history if "eval_count" in entry]
     assert [entry["eval_count"] for entry in evals] == [13, 13]

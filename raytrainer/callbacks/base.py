@@ -85,7 +85,7 @@ class CallbackHandler(TrainerCallback):
     ``optimizer``, ...) on the handler; every callback receives them as keywords.
     """
 
-    def __init__(self, callbacks, model, processing_class, optimizer, lr_scheduler):
+    def __init__(self, callbacks, model, processing_class, optimizer, lr_scheduler, warn_without_flow: bool = True):
         self.callbacks = []
         for callback in callbacks or ():
             self.add_callback(callback)
@@ -95,7 +95,8 @@ class CallbackHandler(TrainerCallback):
         self.lr_scheduler = lr_scheduler
         self.train_dataloader = None
         self.eval_dataloader = None
-        self._warn_without_default_flow()
+        if warn_without_flow:
+            self._warn_without_default_flow()
 
     def _warn_without_default_flow(self) -> None:
         # Imported here because flow.py builds on this module.

@@ -63,13 +63,15 @@ class DriverDisplay:
     """Replays the stream into the driver's display callbacks (progress bar, printer, notebook
     table) on a mirror TrainerState; log entries also become the driver's live log_history."""
 
-    def __init__(self, trainer, channel, poll_interval: float = 0.1):
+    def __init__(self, trainer, channel, poll_interval: float = 0.5):
         from ..callbacks import CallbackHandler
         from ..state import TrainerControl, TrainerState
 
         display = [cb for cb in trainer.callback_handler.callbacks
                    if type(cb).__name__ in ("ProgressCallback", "PrinterCallback", "NotebookProgressCallback")]
-        self.handler = CallbackHandler(display, trainer.model, trainer.processing_class, None, None)
+        # display only: this handler never drives a loop, so it needs no DefaultFlowCallback
+        self.handler = CallbackHandler(display, trainer.model, trainer.processing_class, None, None,
+                                       warn_without_flow=False)
         self.args = trainer.args
         self.state = TrainerState(is_hyper_param_search=False)
         self.control = TrainerControl()

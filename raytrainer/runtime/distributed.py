@@ -1,12 +1,13 @@
 """Running the loop on Ray Train workers and bringing the result back to the driver."""
 
 import os
+import pickle
 import sys
 
 import ray
 from ray.train.torch import TorchTrainer
 
-from ..data.streaming import torch_trainer_data
+from ..data.stream_trainer import torch_trainer_data
 from ..modeling import unwrap_model
 from ..outputs import TrainOutput
 from ..state import TrainerState
@@ -39,14 +40,14 @@ def run_on_workers(trainer, scaling_config, *, resume_from_checkpoint, trial, ig
         train_loop_config={"job": job},
         scaling_config=scaling_config,
         run_config=trainer.run_config or default_run_config(trainer.args),
-        **torch_trainer_data(trainer),  # Ray Data streams: workers read get_dataset_shard(name)
+        **torch_trainer_data(trainer, scaling_config),  # Ray Data streams: workers read get_dataset_shard(name)
     )
     try:
         with DriverDisplay(trainer, channel):
             torch_trainer.fit()
     except ray.train.TrainingFailedError as error:
         raise _worker_exception(error) from error
-    result = ray.get(channel.result.remote())
+    result = pickle.loads(ray.get(channel.result.remote()))  # rank 0 of this run's own workers
     ray.kill(channel)
     return _apply_result(trainer, result)
 

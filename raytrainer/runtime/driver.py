@@ -15,7 +15,7 @@ from typing import Any, Optional
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from ..data.streaming import torch_trainer_data
+from ..data.stream_trainer import torch_trainer_data
 from .worker import local_train_loop, run_loop
 
 

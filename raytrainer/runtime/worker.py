@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import os
+import pickle
 
 import ray.train
 from accelerate.utils import find_executable_batch_size
@@ -59,7 +60,9 @@ def remote_train_loop(config: dict) -> None:
     with _resume_point(job) as resume_from_checkpoint:
         output = run_loop(trainer, resume_from_checkpoint, job.trial, job.ignore_keys_for_eval)
     if is_rank_zero:
-        ray.get(job.channel.set_result.remote(final_result(trainer, output)))
+        # as bytes: the channel actor never imports torch (unpickling tensors there would make it
+        # import torch while both workers wait)
+        ray.get(job.channel.set_result.remote(pickle.dumps(final_result(trainer, output), protocol=5)))
     ray.train.report({**output.metrics, "step": output.global_step})
 
 
