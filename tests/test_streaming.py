@@ -3,6 +3,7 @@ per-epoch shuffling, exact mid-epoch resume, exact-once evaluation shards, bound
 parquet set larger than the object store, and one run on two real Ray Train workers."""
 
 import copy
+import ctypes
 import json
 import os
 import pickle
@@ -296,19 +297,25 @@ def test_bad_stream_arguments_fail_early(tmp_path, make_args):
 # ---------------------------------------------------------------------------------------------
 # Memory: a parquet set 3x larger than the object store
 # ---------------------------------------------------------------------------------------------
-def _anonymous_bytes() -> int:
+def _live_heap_bytes() -> int:
+    """This process's private (anonymous) memory after glibc and Arrow hand back what they keep
+    cached, so that allocator caches do not read as data held."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+    pa.default_memory_pool().release_unused()
     with open("/proc/self/smaps_rollup") as status:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("Anonymous:"))
 
 
 class MemoryProbe(TrainerCallback):
-    """Samples this process's private (heap) memory while the stream is read."""
+    """Samples the live heap at every step end while the stream is read."""
 
     def __init__(self):
         self.samples = []
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.samples.append(_anonymous_bytes())
+        self.samples.append(_live_heap_bytes())
 
 
 class WideRegression(torch.nn.Module):
@@ -338,8 +345,8 @@ def test_parquet_three_times_the_object_store_streams_in_bounded_memory(tmp_path
     output = trainer.train()
 
     assert output.global_step == files  # every row went through, one file's worth per step
-    growth = max(probe.samples) - probe.samples[0]
-    assert growth < dataset_bytes / 2, f"heap grew by {growth / 1e6:.0f} MB while streaming {dataset_bytes / 1e6:.0f} MB"
+    growth = max(probe.samples) - probe.samples[0]  # about 15 MB measured: a few batches in flight
+    assert growth < dataset_bytes / 4, f"heap grew by {growth / 1e6:.0f} MB while streaming {dataset_bytes / 1e6:.0f} MB"
 
 
 # ---------------------------------------------------------------------------------------------

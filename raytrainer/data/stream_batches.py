@@ -1,8 +1,8 @@
 """Per-rank batch iterables over a Ray Data stream, and the collate step that turns Ray's
 Arrow batches into model inputs.
 
-This module imports Ray Data, so :mod:`raytrainer.data.streaming` imports it only once a stream
-is actually read. The iterables look like a DataLoader to the loops: iteration yields dict
+This module imports Ray Data, so :mod:`raytrainer.data.stream_trainer` imports it only once a
+stream is actually read. The iterables look like a DataLoader to the loops: iteration yields dict
 batches already on the worker's device, ``len()`` (when the row count is known) is the number of
 batches this rank will yield, and ``set_epoch`` picks the epoch's shuffle seed.
 """

@@ -33,6 +33,7 @@ def is_stream(value) -> bool:
 
 
 def as_stream(value) -> "StreamingDataset":
+    """``value`` itself when it is a stream, else a stream over it with the default options."""
     return value if isinstance(value, StreamingDataset) else StreamingDataset(value)
 
 
