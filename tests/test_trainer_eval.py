@@ -174,3 +174,19 @@ def test_eval_on_start_evaluates_before_the_first_step(make_args):
                       eval_dataset=RegressionDataset(8))
     trainer.train()
     assert [e["step"] for e in trainer.state.log_history if "eval_loss" in e] == [0, 2]
+
+
+def test_training_resumes_in_train_mode_after_an_evaluation(make_args):
+    modes = []
+
+    class Recorder(RegressionModel):
+        def forward(self, x, labels=None):
+            if torch.is_grad_enabled():
+                modes.append(self.training)
+            return super().forward(x, labels)
+
+    args = make_args(num_train_epochs=2, eval_strategy="epoch")
+    trainer = Trainer(model=Recorder(), args=args, train_dataset=RegressionDataset(8), eval_dataset=RegressionDataset(4))
+    trainer.train()
+    # wrapped like on workers: evaluation switches the inner module to eval mode
+    assert modes and all(modes)

@@ -117,6 +117,10 @@ def run_evaluation_loop(trainer, dataloader, description, prediction_loss_only, 
                     store.to_cpu_and_numpy()
     finally:
         trainer._precision = precision_before
+        if trainer.is_in_train:
+            # training_step only calls .train() on a model not in training mode; the evaluation put
+            # the inner module (not a DDP/compile wrapper) in eval mode, so restore it here
+            trainer.model_wrapped.train()
     if args.past_index >= 0:
         trainer._past = None
     arrays = tuple(s.get_arrays() for s in (losses, preds, labels_store, inputs_store))
