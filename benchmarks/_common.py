@@ -104,3 +104,15 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
              for line in [headers, *rows]]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def publish(result: dict, report: str, json_path=None) -> dict:
+    """Print the report and, when asked, write the result as JSON; every benchmark's last step."""
+    import json
+
+    print(report)
+    if json_path:
+        with open(json_path, "w") as handle:
+            json.dump(result, handle, indent=2)
+        print(f"\nresults written to {json_path}")
+    return result

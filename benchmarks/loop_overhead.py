@@ -22,7 +22,6 @@ free of set-up noise) and the 25th-percentile single step ("typical", nearly fre
 import argparse
 import copy
 import importlib.util
-import json
 import platform
 import sys
 import tempfile
@@ -36,14 +35,33 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 if __package__:
-    from ._common import (format_table, paired_ratio, per_step_by_difference, per_step_from_clock,
-                          quiet_library_logs, summarise, timed, typical_step)
+    from ._common import (
+        format_table,
+        paired_ratio,
+        per_step_by_difference,
+        per_step_from_clock,
+        publish,
+        quiet_library_logs,
+        summarise,
+        timed,
+        typical_step,
+    )
 else:  # run as a script: benchmarks/ is on sys.path
-    from _common import (format_table, paired_ratio, per_step_by_difference, per_step_from_clock,
-                         quiet_library_logs, summarise, timed, typical_step)
+    from _common import (
+        format_table,
+        paired_ratio,
+        per_step_by_difference,
+        per_step_from_clock,
+        publish,
+        quiet_library_logs,
+        summarise,
+        timed,
+        typical_step,
+    )
+
+from ray.train import ScalingConfig
 
 import raytrainer
-from ray.train import ScalingConfig
 from raytrainer import default_data_collator
 
 SEED = 42
@@ -393,12 +411,7 @@ def main(argv=None) -> dict:
     options = parser.parse_args(argv)
     result = run_benchmark("quick" if options.quick else "full", tuple(options.workloads.split(",")),
                            rounds=options.rounds, threads=options.threads)
-    print(format_report(result))
-    if options.json:
-        with open(options.json, "w") as handle:
-            json.dump(result, handle, indent=2)
-        print(f"\nresults written to {options.json}")
-    return result
+    return publish(result, format_report(result), options.json)
 
 
 if __name__ == "__main__":

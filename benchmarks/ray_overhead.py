@@ -22,7 +22,6 @@ checkpoint. The stamps also split each run into phases, printed side by side.
 import argparse
 import copy
 import gc
-import json
 import os
 import platform
 import sys
@@ -42,6 +41,7 @@ from _common import (
     format_table,
     paired_ratio,
     per_step_from_clock,
+    publish,
     quiet_library_logs,
     quiet_stdout,
     summarise,
@@ -305,12 +305,7 @@ def _environment(plan: Plan, workers: int, model) -> dict:
 def main(argv=None) -> dict:
     options = parse_args(argv)
     result = run_benchmark(plan_from(options), workers=options.workers)
-    print(format_report(result))
-    if options.json:
-        with open(options.json, "w") as handle:
-            json.dump(result, handle, indent=2)
-        print(f"\nresults written to {options.json}")
-    return result
+    return publish(result, format_report(result), options.json)
 
 
 if __name__ == "__main__":

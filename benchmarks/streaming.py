@@ -20,7 +20,6 @@ Target: ``ray_stream`` steady-state rows/s at least 0.9x ``in_memory``.
 """
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -37,6 +36,7 @@ if __package__:
     from ._common import (
         format_table,
         paired_ratio,
+        publish,
         quiet_library_logs,
         quiet_stdout,
         summarise,
@@ -45,6 +45,7 @@ else:  # run as a script: benchmarks/ is on sys.path
     from _common import (
         format_table,
         paired_ratio,
+        publish,
         quiet_library_logs,
         quiet_stdout,
         summarise,
@@ -275,12 +276,7 @@ def main(argv=None) -> dict:
         raise ValueError(f"threads must be a positive integer, got {options.threads}.")
     torch.set_num_threads(options.threads)
     result = run_benchmark(plan)
-    print(format_report(result))
-    if options.json:
-        with open(options.json, "w") as handle:
-            json.dump(result, handle, indent=2)
-        print(f"\nresults written to {options.json}")
-    return result
+    return publish(result, format_report(result), options.json)
 
 
 if __name__ == "__main__":
