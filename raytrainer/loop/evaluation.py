@@ -66,10 +66,9 @@ def run_evaluation_loop(trainer, dataloader, description, prediction_loss_only, 
     # never the DDP wrapper: ranks may see different numbers of eval batches, and a DDP forward
     # can start collectives (buffer broadcasts) that would then wait forever
     model = _without_ddp(trainer.model_wrapped) if trainer.is_in_train else trainer.model
-    if not trainer.is_in_train:
-        model.to(args.device)
     precision_before = trainer._precision
     if not trainer.is_in_train:
+        model.to(args.device)
         trainer._precision = choose_precision(args, args.device, training=False)
     batch_size = dataloader.batch_size
     model.eval()
@@ -82,6 +81,7 @@ def run_evaluation_loop(trainer, dataloader, description, prediction_loss_only, 
     wants_losses = "loss" in (args.include_for_metrics or [])
     metrics, observed = None, 0
     num_batches = len(dataloader) if hasattr(dataloader, "__len__") else None
+    main_input = getattr(unwrap_model(model), "main_input_name", "input_ids")  # looked up once
     try:
         for step, inputs in enumerate(dataloader):
             observed_batch = find_batch_size(inputs)
@@ -89,7 +89,6 @@ def run_evaluation_loop(trainer, dataloader, description, prediction_loss_only, 
                 observed += observed_batch
                 batch_size = batch_size or observed_batch
             loss, logits, labels = trainer.prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
-            main_input = getattr(unwrap_model(model), "main_input_name", "input_ids")
             batch_inputs = inputs.get(main_input) if wants_inputs and isinstance(inputs, Mapping) else None
             if loss is not None:
                 losses.add(loss.repeat(observed_batch or batch_size or 1))
@@ -124,18 +123,25 @@ def run_evaluation_loop(trainer, dataloader, description, prediction_loss_only, 
     if args.past_index >= 0:
         trainer._past = None
     arrays = tuple(s.get_arrays() for s in (losses, preds, labels_store, inputs_store))
-    num_samples = _count_samples(dataloader, observed)
+    return _gathered_output(trainer, arrays, _count_samples(dataloader, observed), metrics, prefix)
+
+
+def _gathered_output(trainer, arrays, num_samples, metrics, prefix):
+    """Join every rank's outputs (dataset order), compute the metrics once on rank 0 unless
+    ``batch_eval_metrics`` already did, add the mean loss and the metric-name prefix."""
+    args = trainer.args
     if is_distributed(args):
         gathered = gather_objects((arrays, num_samples), args)
         arrays = tuple(merge_rank_outputs([part[0][i] for part in gathered]) for i in range(4))
         num_samples = sum(part[1] for part in gathered)
     all_losses, all_preds, all_labels, all_inputs = arrays
+    include = args.include_for_metrics or []
     if trainer.compute_metrics is not None and all_preds is not None and all_labels is not None and not args.batch_eval_metrics:
         if trainer.is_world_process_zero():  # computed once; every rank then gets rank 0's result
             metrics = trainer.compute_metrics(EvalPrediction(
                 all_preds, all_labels,
-                inputs=all_inputs if wants_inputs else None,
-                losses=all_losses if wants_losses else None,
+                inputs=all_inputs if "inputs" in include else None,
+                losses=all_losses if "loss" in include else None,
             ))
         metrics = broadcast_from_rank_zero(metrics, args)
     metrics = denumpify_detensorize(dict(metrics or {}))
