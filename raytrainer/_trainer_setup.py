@@ -43,10 +43,10 @@ def build_callback_handler(trainer, callbacks) -> CallbackHandler:
 
 
 def resolve_scaling_config(scaling_config):
-    """The ScalingConfig a run uses. Without one: a script or notebook attached to a Ray cluster
-    (``RAY_ADDRESS`` set, e.g. a job submitted to the cluster) trains on one Ray worker, with a GPU
-    when the cluster has one; anything else (a laptop, tests, a Ray Tune trial) uses Ray Train's
-    local mode in this process."""
+    """The ScalingConfig a run uses. Without one: a driver attached to a Ray cluster (a submitted
+    job, or a script or notebook whose ``ray.init()`` joined a running cluster; see
+    ``runtime.cluster``) trains on one Ray worker, with a GPU when the cluster has one; anything
+    else (a laptop, tests, a Ray Tune trial) uses Ray Train's local mode in this process."""
     from ray.train import ScalingConfig
 
     if scaling_config is not None:
@@ -61,14 +61,9 @@ def resolve_scaling_config(scaling_config):
 
 
 def _attached_to_cluster() -> bool:
-    import os
+    from .runtime.cluster import attached_to_cluster
 
-    if not os.environ.get("RAY_ADDRESS"):
-        return False
-    import ray
-
-    # inside a Ray task or actor (a Tune trial, a Train worker) the run stays where it is
-    return not (ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None)
+    return attached_to_cluster()
 
 
 def is_local_mode(scaling_config) -> bool:
