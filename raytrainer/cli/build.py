@@ -150,8 +150,6 @@ def scaling_config(config: ConfigFile):
     section = config.section("scaling")
     if not section:
         return None
-    if isinstance(section.get("num_workers"), list):
-        section["num_workers"] = tuple(section["num_workers"])
     try:
         return ScalingConfig(**section)
     except (ValueError, TypeError) as error:
@@ -214,9 +212,6 @@ def datasets(config: ConfigFile) -> dict:
         if config.data.get(key) is not None:
             built[key] = _dataset(config, key, config.data[key], streams=False)
     if any(_streams(config.data.get(key)) for key in built):
-        from ..runtime.distributed import ensure_ray
-
-        ensure_ray()  # this process's import path reaches the workers (Ray Data would start Ray without it)
         for key in built:
             built[key] = _dataset(config, key, config.data[key], streams=True, done=built[key])
     return built

@@ -220,15 +220,9 @@ def check_scaling(config: ConfigFile) -> None:
             raise config.error(f"scaling.{name}", "not a field of ray.train.ScalingConfig.",
                                _suggest(str(name), fields, "Fields are"))
     workers = config.section("scaling").get("num_workers", 0)
-    if not _valid_worker_count(workers):
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise config.error("scaling.num_workers", f"{workers!r} is not a number of workers.",
-                           "Write 0 (train in this process), N >= 1 (N Ray workers) or [min, max] (elastic).")
-
-
-def _valid_worker_count(value) -> bool:
-    if isinstance(value, list) and len(value) == 2:
-        return all(_valid_worker_count(v) and v >= 1 for v in value) and value[0] <= value[1]
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+                           "Write 0 (train in this process) or N >= 1 (N Ray Train workers).")
 
 
 def check_run(config: ConfigFile) -> None:
