@@ -6,6 +6,7 @@ a driver that joined the cluster trains there by default, and ``stop`` ends exac
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,6 +76,24 @@ def test_a_failed_job_returns_its_exit_status(cluster, tmp_path):
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert "model: importing 'broken_task' raised RuntimeError: no weights here" in done.stdout
     assert "raytrainer submit: job raysubmit_" in done.stderr and " failed" in done.stderr
+
+
+def test_ctrl_c_stops_the_job(cluster, tmp_path):
+    folder, env = cluster
+    process = subprocess.Popen([sys.executable, "-m", "raytrainer", "submit", "--working-dir", "examples", "--",
+                                "train", "configs/digits.yaml", "--output_dir", str(tmp_path / "long"),
+                                "--num_train_epochs", "10000"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stdout:  # wait until the job trains: it logs a loss every 10 steps
+            if "'loss'" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err[-2000:]
+    assert "stopping job raysubmit_" in err and " is STOPPED." in err
 
 
 def test_a_driver_that_joined_the_cluster_trains_on_its_workers_by_default(cluster):
