@@ -52,6 +52,13 @@ class RegressionModel(nn.Module):
         return result
 
 
+class KwargsRegressionModel(RegressionModel):
+    """A forward that takes **kwargs but computes a plain mean (like many transformers heads)."""
+
+    def forward(self, x, labels=None, **kwargs):
+        return super().forward(x, labels)
+
+
 class NoLossModel(nn.Module):
     """Returns logits only: the Trainer must say so before training."""
 
