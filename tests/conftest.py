@@ -141,6 +141,19 @@ class TokenModel(nn.Module):
         return {"loss": loss, "logits": logits}
 
 
+@pytest.fixture(scope="module")
+def ray_instance():
+    """A local Ray instance (2 CPUs) for one test module's multi-worker or Tune tests; its workers
+    import the tests' helper modules. Never an existing cluster: ``address="local"``."""
+    import ray
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests, os.path.dirname(tests)])}})
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
 def make_args(tmp_path):
     """TrainingArguments writing under the test's tmp dir, quiet by default."""
