@@ -190,7 +190,7 @@ def test_tune_runs_a_sweep_prints_trials_and_the_best_run(tmp_path):
     best = min(results["trials"], key=lambda t: t["objective"][0])
     assert best["objective"][0] == pytest.approx(best["checkpoint_metrics"]["eval_mae"])
     lines = printed.splitlines()
-    assert lines[0].split()[:3] == ["trial", "status", "objective"]
+    assert lines[0].startswith("trial 0 complete at step 4: objective=") and "learning_rate=" in lines[0]
     assert f"best trial {best['run_id']}: objective {best['objective'][0]}" in printed
     assert f"checkpoint: {best['checkpoint']}" in printed and "hp_search_results.csv" in printed
     code, printed, _ = run_cli(["results", str(out)])

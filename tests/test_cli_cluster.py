@@ -101,7 +101,7 @@ def test_a_driver_that_joined_the_cluster_trains_on_its_workers_by_default(clust
     address = env.pop("RAY_ADDRESS")  # a notebook on the head node: ray.init(address) and nothing else
     probe = ("import json, ray\n"
              f"ray.init(address={address!r}, log_to_driver=False)\n"
-             "from raytrainer._trainer_setup import is_local_mode, resolve_scaling_config\n"
+             "from raytrainer.runtime.scaling import is_local_mode, resolve_scaling_config\n"
              "print(json.dumps([is_local_mode(None), resolve_scaling_config(None).num_workers]))\n")
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -8,7 +8,7 @@ import argparse
 
 from .build import UsageError, build_trainer, failure_config, reference_or_none
 from .config import load_config
-from .live import optuna_trial_lines, tune_trial_lines
+from .live import optuna_trial_lines
 
 SCHEDULERS = ("asha", "median", "pbt")
 EPILOG = """Schedulers: with --backend ray, Tune's ASHA, median stopping or population-based training
@@ -112,7 +112,7 @@ def backend_options(namespace, space, failure) -> dict:
         if namespace.storage:
             options.update(storage=namespace.storage, study_name="raytrainer", load_if_exists=True)
         return options
-    options.update(callbacks=[tune_trial_lines()], verbose=0, resume=namespace.resume)
+    options["resume"] = namespace.resume  # the backend prints a line per trial itself
     if namespace.scheduler:
         options["scheduler"] = tune_scheduler(namespace.scheduler, space)
     if namespace.max_concurrent:

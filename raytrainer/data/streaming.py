@@ -69,7 +69,7 @@ def to_ray_dataset(source):
 
     if _is_ray_dataset(source):
         return source
-    from ..runtime.distributed import ensure_ray
+    from ..runtime.ray_session import ensure_ray
 
     ensure_ray()  # before Ray Data would start Ray itself, without this process's import path
     if isinstance(source, pa.Table):

@@ -44,7 +44,7 @@ def is_pbt(scheduler) -> bool:
 def check_pbt(setup, options: dict, space) -> None:
     """PBT's requirements, checked before the first trial: a Tune dict space, trials that train in
     their own process, full checkpoints, and a checkpoint at every evaluation."""
-    from .._trainer_setup import is_local_mode
+    from ..runtime.scaling import is_local_mode
 
     args = setup.base_args
     where = "hyperparameter_search(scheduler=PopulationBasedTraining)"
