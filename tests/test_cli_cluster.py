@@ -59,10 +59,10 @@ def test_submit_train_on_two_workers_of_the_cluster(cluster, tmp_path):
                   "--output_dir", str(out), "--num_train_epochs", "1")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "submitted job raysubmit_" in done.stdout and f"model saved to {out}" in done.stdout
-    assert "Started training worker group of size 2" in done.stdout + done.stderr
     assert {"model.safetensors", "checkpoint-40", "trainer_state.json", "all_results.json"} <= set(os.listdir(out))
     state = json.load(open(out / "trainer_state.json"))
     assert state["global_step"] == 40  # 1257 examples / (2 workers x 16) = 40 steps
+    # rank 1 saved its own RNG state: two workers trained
     assert {"model.safetensors", "optimizer.pt", "rng_state.pth", "rng_state_1.pth"} <= set(os.listdir(out / "checkpoint-40"))
     assert json.load(open(out / "eval_results.json"))["eval_accuracy"] > 0.5
 

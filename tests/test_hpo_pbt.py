@@ -19,7 +19,6 @@ from safetensors.torch import load_file
 from raytrainer import Trainer, TrainerCallback, TrainingArguments
 from raytrainer.hpo.pbt import EXPLOITS_FILE, ExploredHyperparameters, read_exploits
 
-TESTS = os.path.dirname(__file__)
 GOOD_LR, BAD_LR = 0.05, 1e-5
 
 
@@ -30,7 +29,7 @@ def model_init(trial=None):
 
 class FirstWeights(TrainerCallback):
     """Records, for every (re)start of a trial, its step and weights, and the learning rate of its
-    first step (when it has one left to take)."""
+    first step (when it has one left to take); and every evaluation of every trial."""
 
     def __init__(self, folder):
         self.folder = folder
@@ -47,6 +46,11 @@ class FirstWeights(TrainerCallback):
         if self.record is not None and "lr" not in self.record:
             self.record["lr"] = optimizer.param_groups[0]["lr"]
             self._write()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        trial_id = ray.tune.get_context().get_trial_id()
+        with open(os.path.join(self.folder, f"evaluations-{trial_id}.jsonl"), "a") as f:
+            f.write(json.dumps({"step": state.global_step, "eval_loss": metrics["eval_loss"]}) + "\n")
 
     def _write(self):
         with open(self.record["file"], "w") as f:
@@ -104,17 +108,12 @@ def test_explored_learning_rate_replaces_the_donors_in_optimizer_and_schedule(tm
 
 
 @pytest.mark.slow
-def test_a_cloned_trial_starts_from_its_donors_checkpoint(tmp_path):
+def test_a_cloned_trial_starts_from_its_donors_checkpoint(tmp_path, ray_instance):
     starts = tmp_path / "starts"
     starts.mkdir()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([TESTS, os.path.dirname(TESTS)])}})
-    try:
-        trainer = make_trainer(tmp_path / "out", callbacks=[FirstWeights(str(starts))])
-        trainer.hyperparameter_search(hp_space={"learning_rate": tune.grid_search([GOOD_LR, BAD_LR])}, backend="ray",
-                                      n_trials=1, scheduler=pbt(), max_concurrent_trials=2)
-    finally:
-        ray.shutdown()
+    trainer = make_trainer(tmp_path / "out", callbacks=[FirstWeights(str(starts))])
+    trainer.hyperparameter_search(hp_space={"learning_rate": tune.grid_search([GOOD_LR, BAD_LR])}, backend="ray",
+                                  n_trials=1, scheduler=pbt(), max_concurrent_trials=2)
     records = [json.load(open(path)) for path in glob.glob(str(starts / "*.json"))]
     clones = [(run_dir, exploit) for run_dir in glob.glob(str(tmp_path / "out" / "run-*"))
               for exploit in read_exploits(run_dir)]
@@ -136,14 +135,16 @@ def test_a_cloned_trial_starts_from_its_donors_checkpoint(tmp_path):
         own = load_file(os.path.join(run_dir, f"checkpoint-{step}", "model.safetensors"))
         assert all(torch.equal(own[name], donor[name]) for name in donor)
         assert json.load(open(os.path.join(run_dir, "trial_result.json")))["global_step"] == 12
-    # the first exploit: the trial that started with the useless rate took the good trial's weights,
-    # which differ from the weights it had reached itself (Tune's copy of its own report)
+    # the first exploit: the trial that started with the useless rate took the good trial's weights
+    # and position, although it had reached a much worse objective of its own at that step
     run_dir, exploit = min(clones, key=lambda clone: clone[1]["time"])
     trial_id = os.path.basename(run_dir)[len("run-"):]
     assert exploit["donor_hyperparameters"]["learning_rate"] == GOOD_LR
     assert [r["learning_rate"] for r in records if r["trial_id"] == trial_id and r["step"] == 0] == [BAD_LR]
-    own_copies = glob.glob(str(tmp_path / "out" / "hp_search" / f"*{trial_id}*" / "checkpoint_*" / "model.safetensors"))
-    reached = [load_file(path) for path in own_copies
-               if json.load(open(os.path.join(os.path.dirname(path), "trainer_state.json")))["global_step"] == exploit["step"]]
-    donor = load_file(os.path.join(exploit["donor_checkpoint"], "model.safetensors"))
-    assert reached and not torch.equal(reached[0]["fc1.weight"], donor["fc1.weight"])
+    evaluations = {path: [json.loads(line) for line in open(path)]
+                   for path in glob.glob(str(starts / "evaluations-*.jsonl"))}
+    own_losses = [e["eval_loss"] for path, rows in evaluations.items() if trial_id in path for e in rows
+                  if e["step"] == exploit["step"]]
+    donor_losses = [e["eval_loss"] for path, rows in evaluations.items() if trial_id not in path for e in rows
+                    if e["step"] == exploit["step"]]
+    assert own_losses[0] > 1.2 * donor_losses[0]  # its own first evaluation of that step, before the exploit
