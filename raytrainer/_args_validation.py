@@ -571,8 +571,6 @@ def list_ignored_settings(args) -> list:
          "local_rank: Ray Train assigns ranks to its workers; this value is not read"),
         (DebugOption.UNDERFLOW_OVERFLOW in args.debug,
          "debug='underflow_overflow': the underflow/overflow detector is not implemented"),
-        (not args.skip_memory_metrics,
-         "skip_memory_metrics=False: memory metrics are not collected; use Ray's dashboard"),
         (args.optim_target_modules is not None,
          "optim_target_modules: only GaLore/APOLLO optimizers read it, and raytrainer ships neither"),
         (args.split_batches is not None or bool(args.accelerator_config),

@@ -2,6 +2,7 @@
 fail before training starts (DESIGN.md §1: nothing validates late)."""
 
 import inspect
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -21,6 +22,7 @@ from .data import stream_trainer, streaming
 from .data.collators import DataCollatorWithPadding, default_data_collator
 from .data.loaders import has_length
 from .enums import IntervalStrategy, SchedulerType
+from .loop.losses import LabelSmoother
 from .loop.precision import choose_precision
 
 # A model above this size is not probed with a trial forward pass in the constructor; its
@@ -33,6 +35,25 @@ def default_collator(processing_class):
     if processing_class is not None and callable(getattr(processing_class, "pad", None)):
         return DataCollatorWithPadding(processing_class)
     return default_data_collator
+
+
+def build_label_smoother(args, model):
+    """HF's smoother for ``label_smoothing_factor > 0``. Smoothing a softmax over classes makes no
+    sense for a multi-label model (independent sigmoids), so there it is turned off with HF's warning."""
+    if not args.label_smoothing_factor:
+        return None
+    if getattr(getattr(model, "config", None), "problem_type", None) == "multi_label_classification":
+        warnings.warn("Label smoothing is not compatible with multi-label classification. "
+                      "Disabling label smoothing for this training run.", UserWarning, stacklevel=3)
+        return None
+    return LabelSmoother(args.label_smoothing_factor)
+
+
+def apply_model_settings(model, args) -> None:
+    """What the arguments set on the model itself: ``use_cache`` on a model with a config (v5)."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        config.use_cache = args.use_cache
 
 
 def build_callback_handler(trainer, callbacks) -> CallbackHandler:

@@ -18,19 +18,22 @@ from . import optim as _optim
 from . import reporting
 from . import schedules
 from ._trainer_setup import (
+    apply_model_settings,
     build_callback_handler,
+    build_label_smoother,
     default_collator,
     probe_model_returns_loss,
     validate_trainer_inputs,
 )
 from .args import TrainingArguments
+from .compat.trainer_v4 import V4TrainerNames, processing_class_from, resume_from_v4_train_kwargs
 from .callbacks import TrainerCallback
 from .data import stream_trainer, streaming
 from .data.columns import RemoveColumnsCollator, remove_unused_hf_columns, signature_columns
 from .data.loaders import build_eval_dataloader, build_train_dataloader
 from .enums import SchedulerType
 from .loop.evaluation import run_evaluation_loop, run_prediction_step
-from .loop.losses import LabelSmoother, loss_from_outputs
+from .loop.losses import loss_from_outputs
 from .loop.nested import move_to_device
 from .loop.precision import choose_precision
 from .loop.training import fetch_batches
@@ -42,7 +45,7 @@ from .state import TrainerControl, TrainerState
 logger = logging.getLogger("raytrainer")
 
 
-class Trainer:
+class Trainer(V4TrainerNames):
     """A training and evaluation loop for PyTorch models with the HF ``Trainer`` API, run by Ray Train.
 
     Arguments are those of ``transformers.Trainer`` plus Ray's own configuration objects:
@@ -79,6 +82,7 @@ class Trainer:
         *,
         scaling_config=None,
         run_config=None,
+        tokenizer=None,
     ):
         if args is None:
             args = TrainingArguments(output_dir="tmp_trainer")
@@ -98,7 +102,7 @@ class Trainer:
         self.model_wrapped = model
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
-        self.processing_class = processing_class
+        self.processing_class = processing_class = processing_class_from(processing_class, tokenizer)
         self.data_collator = data_collator if data_collator is not None else default_collator(processing_class)
         self.compute_loss_func = compute_loss_func
         self.compute_metrics = compute_metrics
@@ -114,7 +118,7 @@ class Trainer:
         self.model_accepts_loss_kwargs = self._signature.accepts_loss_kwargs
         self.can_return_loss = self._signature.can_return_loss
         self.label_names = list(args.label_names) if args.label_names is not None else list(self._signature.label_names)
-        self.label_smoother = LabelSmoother(args.label_smoothing_factor) if args.label_smoothing_factor else None
+        self.label_smoother = build_label_smoother(args, model)
         self.is_model_parallel = False
         self.place_model_on_device = args.place_model_on_device
         self.neftune_noise_alpha = args.neftune_noise_alpha
@@ -133,6 +137,7 @@ class Trainer:
         self.control = TrainerControl()
         self.callback_handler = build_callback_handler(self, callbacks)
         probe_model_returns_loss(self)
+        apply_model_settings(model, args)
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
 
     # ------------------------------------------------------------------ model_init and train
@@ -160,8 +165,7 @@ class Trainer:
         """
         from .runtime.driver import run_training
 
-        if kwargs:
-            raise TypeError(f"train() got unexpected keyword arguments: {', '.join(sorted(kwargs))}.")
+        resume_from_checkpoint = resume_from_v4_train_kwargs(kwargs, resume_from_checkpoint)
         if resume_from_checkpoint is False:
             resume_from_checkpoint = None
         if resume_from_checkpoint is not None:
@@ -232,6 +236,8 @@ class Trainer:
             pin_memory=self.args.dataloader_pin_memory and self.args.device.type == "cuda",
             persistent_workers=self.args.dataloader_persistent_workers,
             prefetch_factor=self.args.dataloader_prefetch_factor,
+            multiprocessing_context=self.args.dataloader_multiprocessing_context,
+            in_order=self.args.dataloader_in_order,
         )
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
@@ -251,7 +257,7 @@ class Trainer:
             dataset, self._collator_for(dataset, "training"), self._train_batch_size,
             seed=seed, world_size=self.args.world_size, rank=self.args.process_index,
             drop_last=self.args.dataloader_drop_last, group_by_length=self.args.group_by_length,
-            lengths=lengths, **self._loader_options(),
+            lengths=lengths, shuffle=self.args.train_sampling_strategy != "sequential", **self._loader_options(),
         )
 
     def _eval_loader(self, dataset, description: str):
@@ -484,7 +490,7 @@ class Trainer:
         """Add ``epoch`` and ``step`` to ``logs``, append them to ``state.log_history`` and fire on_log."""
         if self.state.epoch is not None:
             logs["epoch"] = self.state.epoch
-        if self.args.include_num_input_tokens_seen:
+        if self.args.include_num_input_tokens_seen != "no":
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
             if start_time is not None:
                 logs.update(speed_metrics("train", start_time, num_tokens=self.state.num_input_tokens_seen))
@@ -508,7 +514,7 @@ class Trainer:
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Write the model (safetensors unless ``save_safetensors=False``), the processing class and
-        ``training_args.json`` to ``output_dir``."""
+        ``training_args.json``/``.bin`` to ``output_dir``."""
         if self.is_world_process_zero():
             _checkpoint.save_model_folder(self, output_dir or self.args.output_dir)
 

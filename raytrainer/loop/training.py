@@ -20,6 +20,7 @@ from ..state import TrainerState
 from .features import prepare_model_for_training, release_training_features
 from .plan import accumulation_windows, plan_training
 from .precision import choose_precision
+from .tokens import input_token_count
 
 
 def fetch_batches(trainer, epoch_iterator, num_batches: int, device=None):
@@ -119,7 +120,9 @@ class TrainingLoop:
         trainer, args = self.trainer, self.args
         self.on_cpu = args.device.type == "cpu"
         self.no_sync = getattr(model, "no_sync", None)
-        self.count_tokens = args.include_num_input_tokens_seen or args.include_tokens_per_second
+        self.count_tokens = args.include_num_input_tokens_seen != "no" or args.include_tokens_per_second
+        self.token_mode = args.include_num_input_tokens_seen
+        self.pad_token_id = getattr(trainer.processing_class, "pad_token_id", None)
         from ..trainer import Trainer  # the facade imports this module
 
         # FLOPs are counted only when the model (or a Trainer subclass) can count them
@@ -183,8 +186,8 @@ class TrainingLoop:
         trainer, args = self.trainer, self.args
         if self.count_tokens:
             main_input = getattr(trainer.model, "main_input_name", "input_ids")
-            if isinstance(inputs, dict) and main_input in inputs:
-                trainer.state.num_input_tokens_seen += inputs[main_input].numel()
+            trainer.state.num_input_tokens_seen += input_token_count(inputs, main_input, self.token_mode,
+                                                                     self.pad_token_id)
         if self.no_sync is not None and not sync_gradients:
             with self.no_sync():  # DDP: all-reduce once per window, on its last micro-batch
                 loss = trainer.training_step(model, inputs, num_items)

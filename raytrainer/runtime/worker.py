@@ -8,6 +8,7 @@ import pickle
 import ray.train
 from accelerate.utils import find_executable_batch_size
 
+from ..callbacks.jit_checkpoint import jit_checkpointing
 from ..checkpoints.sinks import RUN_ID_NAME, RayStorageSink
 from ..loop.training import TrainingLoop
 
@@ -30,7 +31,8 @@ def run_loop(trainer, resume_from_checkpoint, trial, ignore_keys_for_eval):
 def local_train_loop(config: dict) -> None:
     """Local mode: the job holds the user's own Trainer object."""
     job = config["job"]
-    output = run_loop(job.trainer, job.resume_from_checkpoint, job.trial, job.ignore_keys_for_eval)
+    with jit_checkpointing(job.trainer):  # SIGTERM -> checkpoint and stop, when enable_jit_checkpoint
+        output = run_loop(job.trainer, job.resume_from_checkpoint, job.trial, job.ignore_keys_for_eval)
     job.result["output"] = output
     # the final metrics become Ray's Result.metrics
     ray.train.report({**output.metrics, "step": output.global_step})
