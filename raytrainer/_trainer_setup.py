@@ -215,10 +215,9 @@ def _check_training_features(trainer) -> None:
 def _check_early_stopping(args, callbacks) -> None:
     if not any(isinstance(cb, EarlyStoppingCallback) or cb is EarlyStoppingCallback for cb in callbacks or []):
         return
-    if not args.load_best_model_at_end:
-        raise ValueError("EarlyStoppingCallback needs TrainingArguments.load_best_model_at_end=True.")
-    if args.metric_for_best_model is None:
-        raise ValueError("EarlyStoppingCallback needs TrainingArguments.metric_for_best_model.")
+    if args.metric_for_best_model is None:  # v5: load_best_model_at_end is no longer required
+        raise ValueError("EarlyStoppingCallback needs TrainingArguments.metric_for_best_model (e.g. 'eval_loss'); "
+                         "set it, with an eval_strategy of 'steps' or 'epoch'.")
     if args.eval_strategy == IntervalStrategy.NO:
         raise ValueError("EarlyStoppingCallback needs an eval_strategy of 'steps' or 'epoch'.")
 
