@@ -21,6 +21,7 @@ from datetime import datetime
 from raytrainer.enums import (
     DebugOption,
     FSDPOption,
+    METRIC_SCHEDULER_TYPES,
     HubStrategy,
     IntervalStrategy,
     OptimizerNames,
@@ -271,9 +272,9 @@ def _resolve_best_model(args) -> None:
             "save_strategy='best' saves when the evaluation metric improves, so it needs "
             "evaluation: set eval_strategy to 'steps' or 'epoch'."
         )
-    if args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU and not evaluates:
+    if args.lr_scheduler_type in METRIC_SCHEDULER_TYPES and not evaluates:
         raise ValueError(
-            "lr_scheduler_type='reduce_lr_on_plateau' steps on an evaluation metric: "
+            f"lr_scheduler_type='{args.lr_scheduler_type.value}' steps on an evaluation metric: "
             "set eval_strategy to 'steps' or 'epoch'."
         )
     if args.load_best_model_at_end:
@@ -281,7 +282,7 @@ def _resolve_best_model(args) -> None:
     wants_metric = (
         args.load_best_model_at_end
         or args.save_strategy == SaveStrategy.BEST
-        or args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU
+        or args.lr_scheduler_type in METRIC_SCHEDULER_TYPES
     )
     if args.metric_for_best_model is None and wants_metric:
         args.metric_for_best_model = "loss"

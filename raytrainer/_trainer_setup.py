@@ -21,7 +21,7 @@ from .callbacks import (
 from .data import stream_trainer, streaming
 from .data.collators import DataCollatorWithPadding, default_data_collator
 from .data.loaders import has_length
-from .enums import IntervalStrategy, SchedulerType
+from .enums import IntervalStrategy
 from .loop.losses import LabelSmoother
 from .loop.precision import choose_precision
 
@@ -112,9 +112,9 @@ def validate_trainer_inputs(trainer, optimizers, callbacks) -> None:
     _check_training_features(trainer)
     _optim.validate_optimizer_choice(args)
     schedules.validate_scheduler_kwargs(args.lr_scheduler_type, args.lr_scheduler_kwargs)
-    if args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU and args.eval_strategy == IntervalStrategy.NO:
-        raise ValueError("TrainingArguments: lr_scheduler_type='reduce_lr_on_plateau' steps on an evaluation "
-                         "metric; set eval_strategy to 'steps' or 'epoch'.")
+    if schedules.steps_on_metric(optimizers[1]) and args.eval_strategy == IntervalStrategy.NO:
+        raise ValueError(f"Trainer: optimizers[1] is a {type(optimizers[1]).__name__}, which steps on an evaluation "
+                         "metric, but eval_strategy='no' never evaluates; set eval_strategy to 'steps' or 'epoch'.")
     _check_early_stopping(args, callbacks)
 
 

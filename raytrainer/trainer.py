@@ -31,12 +31,13 @@ from .callbacks import TrainerCallback
 from .data import stream_trainer, streaming
 from .data.columns import RemoveColumnsCollator, remove_unused_hf_columns, signature_columns
 from .data.loaders import build_eval_dataloader, build_train_dataloader
-from .enums import SchedulerType
 from .loop.evaluation import run_evaluation_loop, run_prediction_step
 from .loop.losses import loss_from_outputs
 from .loop.nested import move_to_device
 from .loop.precision import choose_precision
 from .loop.training import fetch_batches
+from .logging_setup import apply_log_level
+from .memory_metrics import MemoryTracker
 from .modeling import count_parameters, inspect_model, unwrap_model
 from .outputs import PredictionOutput, speed_metrics
 from .seeding import enable_full_determinism, set_seed
@@ -87,7 +88,9 @@ class Trainer(V4TrainerNames):
         if args is None:
             args = TrainingArguments(output_dir="tmp_trainer")
         self.args = args
-        logger.setLevel(args.get_process_log_level())  # "passive" keeps the level the user set
+        self._memory_tracker = MemoryTracker(args.skip_memory_metrics)
+        self._memory_tracker.start("init")
+        apply_log_level(args)  # "passive" keeps the level the user set
         self.model_init = model_init
         self.hp_name = None
         self.hp_search_backend = None
@@ -139,6 +142,7 @@ class Trainer(V4TrainerNames):
         probe_model_returns_loss(self)
         apply_model_settings(model, args)
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
+        self._memory_tracker.stop_and_update_metrics("init")
 
     # ------------------------------------------------------------------ model_init and train
     def call_model_init(self, trial=None) -> nn.Module:
@@ -341,9 +345,12 @@ class Trainer(V4TrainerNames):
         return count_parameters(self.model, trainable_only=True)
 
     def _get_learning_rate(self) -> float:
-        if self.args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU:
-            return self.optimizer.param_groups[0]["lr"]
-        return self.lr_scheduler.get_last_lr()[0]
+        """The current learning rate: the scheduler's last one, or the optimizer's for a scheduler
+        stepped on a metric; before the scheduler exists, the optimizer's (or ``args``') rate."""
+        if self.lr_scheduler is None or schedules.steps_on_metric(self.lr_scheduler):
+            return self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else self.args.learning_rate
+        rate = self.lr_scheduler.get_last_lr()[0]
+        return rate.item() if torch.is_tensor(rate) else rate
 
     # ------------------------------------------------------------------ the step maths
     def _prepare_inputs(self, inputs):
@@ -447,6 +454,8 @@ class Trainer(V4TrainerNames):
                 metrics.update(self.evaluate(dataset if eval_dataset is not None else name, ignore_keys,
                                              f"{metric_key_prefix}_{name}"))
             return metrics
+        if not self.is_in_train:  # inside train() the memory counts toward the train stage
+            self._memory_tracker.start("eval")
         dataloader = self.get_eval_dataloader(eval_dataset)
         start = time.time()
         output = self.evaluation_loop(
@@ -455,6 +464,7 @@ class Trainer(V4TrainerNames):
             ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix,
         )
         output.metrics.update(self._eval_speed(metric_key_prefix, start, output.num_samples))
+        self._memory_tracker.stop_and_update_metrics("eval", output.metrics)
         self.log(output.metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=output.metrics)
         return output.metrics
@@ -463,11 +473,14 @@ class Trainer(V4TrainerNames):
         """Predictions (and metrics, when labels are present) on ``test_dataset``."""
         import time
 
+        if not self.is_in_train:
+            self._memory_tracker.start("test")
         dataloader = self.get_test_dataloader(test_dataset)
         start = time.time()
         output = self.evaluation_loop(dataloader, description="Prediction", ignore_keys=ignore_keys,
                                       metric_key_prefix=metric_key_prefix)
         output.metrics.update(self._eval_speed(metric_key_prefix, start, output.num_samples))
+        self._memory_tracker.stop_and_update_metrics("test", output.metrics)
         self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics=output.metrics)
         return PredictionOutput(predictions=output.predictions, label_ids=output.label_ids, metrics=output.metrics)
 

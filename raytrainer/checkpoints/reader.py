@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import torch
 
+from ..run_summary import warn_if_arguments_differ
 from ..state import TrainerState
 from .callback_states import restore_callback_states
 from .layout import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
@@ -56,6 +57,7 @@ def restore_training_state(trainer, folder: str, plan):
     if trainer.scaler is not None and os.path.exists(os.path.join(folder, SCALER_NAME)):
         trainer.scaler.load_state_dict(safe_load(os.path.join(folder, SCALER_NAME)))
     saved = TrainerState.load_from_json(os.path.join(folder, TRAINER_STATE_NAME))
+    warn_if_arguments_differ(trainer.state, saved, folder)
     for field in _RESTORED_STATE_FIELDS:
         setattr(trainer.state, field, getattr(saved, field))
     if args.restore_callback_states_from_checkpoint:

@@ -14,8 +14,10 @@ import torch
 from .. import checkpoints as _checkpoint
 from ..data.loaders import has_length, set_dataloader_epoch
 from ..modeling import unwrap_model
-from ..enums import SaveStrategy, SchedulerType
+from ..enums import SaveStrategy
+from ..schedules import steps_on_metric
 from ..outputs import TrainOutput, speed_metrics
+from ..run_summary import log_training_summary
 from ..state import TrainerState
 from .features import prepare_model_for_training, release_training_features
 from .plan import accumulation_windows, plan_training
@@ -74,6 +76,7 @@ class TrainingLoop:
     # ------------------------------------------------------------------ set-up
     def run(self) -> TrainOutput:
         trainer, args = self.trainer, self.args
+        trainer._memory_tracker.start("train")
         trainer.is_in_train = True
         trainer._past = None
         trainer._device = args.device
@@ -97,6 +100,9 @@ class TrainingLoop:
             epochs_trained, batches_to_skip = _checkpoint.restore_training_state(
                 trainer, self.resume_from_checkpoint, plan)
             self.globalstep_last_logged = trainer.state.global_step
+        resume = None if self.resume_from_checkpoint is None else (
+            self.resume_from_checkpoint, epochs_trained, batches_to_skip)
+        log_training_summary(trainer, plan, dataloader, resume)
         handler = trainer.callback_handler
         handler.model, handler.optimizer, handler.lr_scheduler = trainer.model, trainer.optimizer, trainer.lr_scheduler
         handler.train_dataloader = dataloader
@@ -120,6 +126,7 @@ class TrainingLoop:
         trainer, args = self.trainer, self.args
         self.on_cpu = args.device.type == "cpu"
         self.no_sync = getattr(model, "no_sync", None)
+        self.scheduler_steps_per_step = not steps_on_metric(trainer.lr_scheduler)
         self.count_tokens = args.include_num_input_tokens_seen != "no" or args.include_tokens_per_second
         self.token_mode = args.include_num_input_tokens_seen
         self.pad_token_id = getattr(trainer.processing_class, "pad_token_id", None)
@@ -226,7 +233,7 @@ class TrainingLoop:
             trainer.optimizer.step()
         trainer.control = trainer.callback_handler.on_optimizer_step(args, trainer.state, trainer.control)
         self.learning_rate = trainer._get_learning_rate()  # the rate this step used (logged as in HF v5)
-        if args.lr_scheduler_type != SchedulerType.REDUCE_ON_PLATEAU:
+        if self.scheduler_steps_per_step:
             trainer.lr_scheduler.step()
         model.zero_grad(set_to_none=True)
         trainer.state.global_step += 1
@@ -275,7 +282,7 @@ class TrainingLoop:
             report = getattr(trainer, "_report_to_hp_search", None)
             if report is not None:
                 report(self.trial, trainer.state.global_step, metrics)
-        if self.args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU and not skip_scheduler:
+        if steps_on_metric(trainer.lr_scheduler) and not skip_scheduler:
             trainer.lr_scheduler.step(_checkpoint.read_metric(metrics, _checkpoint.best_metric_name(self.args)))
         return metrics
 
@@ -292,6 +299,7 @@ class TrainingLoop:
         trainer.store_flos()
         metrics["total_flos"] = state.total_flos
         metrics["train_loss"] = train_loss
+        trainer._memory_tracker.stop_and_update_metrics("train", metrics)
         trainer.is_in_train = False
         trainer.log(metrics)  # adds "epoch" to the returned metrics too, as HF does
         _checkpoint.finalize_checkpoints(trainer, self.trial)
