@@ -12,7 +12,6 @@ import torch
 from conftest import RegressionDataset, RegressionModel
 
 from raytrainer import HfArgumentParser, Seq2SeqTrainingArguments, Trainer, TrainingArguments
-from raytrainer.compat.v4_names import DEPRECATED_FIELDS
 
 SPEC_DIR = "/work/shared/spec"
 # The TrainingArguments parameters the English page documents (its "Parameters:" list) and the

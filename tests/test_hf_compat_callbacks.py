@@ -7,6 +7,7 @@ import logging
 import os
 
 import pytest
+from _hf_models import transformers_log_messages
 from conftest import RegressionDataset, RegressionModel
 
 from raytrainer import (
@@ -105,7 +106,7 @@ def test_a_second_callback_of_a_class_is_reported(make_args, caplog):
                             "callbacks:\nDefaultFlowCallback") for m in caplog.messages)
     assert trainer.callback_handler.callback_list.count("DefaultFlowCallback") == 2
     transformers = pytest.importorskip("transformers")
-    hf_messages = _transformers_warnings(lambda: transformers.trainer_callback.CallbackHandler(
+    hf_messages = transformers_log_messages(lambda: transformers.trainer_callback.CallbackHandler(
         [transformers.DefaultFlowCallback, transformers.DefaultFlowCallback], None, None, None, None))
     assert any("but there is already one" in message for message in hf_messages)
 
@@ -120,27 +121,9 @@ def test_training_without_default_flow_is_reported(make_args, caplog):
     # nothing raised should_log: only the end-of-training summary is in the history
     assert [sorted(e) for e in trainer.state.log_history if "loss" in e] == []
     transformers = pytest.importorskip("transformers")
-    hf_messages = _transformers_warnings(lambda: transformers.trainer_callback.CallbackHandler(
+    hf_messages = transformers_log_messages(lambda: transformers.trainer_callback.CallbackHandler(
         [transformers.PrinterCallback], None, None, None, None))
     assert any("if you don't have a `DefaultFlowCallback`" in message for message in hf_messages)
-
-
-def _transformers_warnings(action) -> list:
-    """The warnings transformers logs during ``action`` (its loggers do not propagate)."""
-    records = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    library_logger = logging.getLogger("transformers")
-    handler = Collect(level=logging.WARNING)
-    library_logger.addHandler(handler)
-    try:
-        action()
-    finally:
-        library_logger.removeHandler(handler)
-    return records
 
 
 # --------------------------------------------------------------------------- stateful callbacks

@@ -3,7 +3,6 @@ evaluation metric (given through ``optimizers=`` or the v5 ``greedy`` type), the
 run summary, the resumed-run argument check and ``skip_memory_metrics=False``. Compared with
 transformers where it is installed."""
 
-import copy
 import logging
 import os
 import random
@@ -11,10 +10,11 @@ import random
 import numpy as np
 import pytest
 import torch
+from _hf_models import transformers_log_messages
 from conftest import RegressionDataset, RegressionModel
 
 import raytrainer
-from raytrainer import Trainer, TrainerCallback
+from raytrainer import Trainer
 from raytrainer.greedy_lr import GreedyLR
 
 
@@ -211,35 +211,10 @@ def test_info_level_shows_the_training_summary_like_transformers(tmp_path, caplo
                     "Gradient Accumulation steps": "2", "Total optimization steps": "6",
                     "Number of trainable parameters": "65"}
     transformers = pytest.importorskip("transformers")
-    from test_hf_compat_callbacks import _transformers_warnings
-
-    messages = []
     hf_args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), **settings)
-    handler_level = logging.INFO
-
-    def run():
-        transformers.Trainer(model=RegressionModel(), args=hf_args, train_dataset=RegressionDataset(20)).train()
-
-    collected = _collect_transformers_logs(run, handler_level)
-    messages.extend(line.lstrip("\n") for line in collected)
+    messages = transformers_log_messages(lambda: transformers.Trainer(
+        model=RegressionModel(), args=hf_args, train_dataset=RegressionDataset(20)).train(), logging.INFO)
     assert _summary(messages) == ours
-
-
-def _collect_transformers_logs(action, level) -> list:
-    records = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    library_logger = logging.getLogger("transformers")
-    handler = Collect(level=level)
-    library_logger.addHandler(handler)
-    try:
-        action()
-    finally:
-        library_logger.removeHandler(handler)
-    return records
 
 
 def test_info_level_reaches_stderr_without_any_logging_set_up(tmp_path):
