@@ -533,6 +533,13 @@ def validate_generation_settings(args) -> None:
     _check_int(args, "generation_num_beams", 1, optional=True)
     _check_bool(args, "sortish_sampler")
     _check_bool(args, "predict_with_generate")
+    if args.sortish_sampler:
+        # a "sortish" order (shuffle, then sort chunks of ~50 batches by length, longest first) is
+        # exactly what the length-grouped sampler draws
+        if args.train_sampling_strategy == "sequential":
+            raise ValueError("sortish_sampler=True and train_sampling_strategy='sequential' ask for two different "
+                             "orders; keep one.")
+        args.group_by_length = True
     config = args.generation_config
     if isinstance(config, os.PathLike):
         args.generation_config = os.fspath(config)

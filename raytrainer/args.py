@@ -497,7 +497,9 @@ def _plain(value):
 class Seq2SeqTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the generation settings that ``Seq2SeqTrainer`` reads."""
 
-    sortish_sampler: bool = _arg(False, "Sort samples by length within random chunks.")
+    sortish_sampler: bool = _arg(
+        False, "Sort samples by length within random chunks (the group_by_length sampler)."
+    )
     predict_with_generate: bool = _arg(False, "Use generate() to compute ROUGE/BLEU-style metrics.")
     generation_max_length: Optional[int] = _arg(None, "max_length for generate() in evaluation.")
     generation_num_beams: Optional[int] = _arg(None, "num_beams for generate() in evaluation.")

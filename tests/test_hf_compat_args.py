@@ -12,6 +12,7 @@ import torch
 from conftest import RegressionDataset, RegressionModel
 
 from raytrainer import HfArgumentParser, Seq2SeqTrainingArguments, Trainer, TrainingArguments
+from raytrainer.compat.v4_names import DEPRECATED_FIELDS
 
 SPEC_DIR = "/work/shared/spec"
 # The TrainingArguments parameters the English page documents (its "Parameters:" list) and the
@@ -88,6 +89,7 @@ def test_every_field_the_spec_pages_name_is_accepted():
     assert SPEC_EN_FIELDS - ours == set()
     assert SPEC_V4_SIGNATURE - ours == set()
     assert SEQ2SEQ_FIELDS <= _field_names(Seq2SeqTrainingArguments) - ours
+    assert set(DEPRECATED_FIELDS) <= SPEC_V4_SIGNATURE - SPEC_EN_FIELDS  # each v4 spelling the v4 page names
 
 
 @pytest.mark.skipif(not os.path.isdir(SPEC_DIR), reason="the spec pages are not on this machine")
