@@ -382,6 +382,22 @@ def test_v4_spellings_from_the_command_line():
     assert args.eval_strategy == "epoch" and args.per_device_train_batch_size == 2
 
 
+@pytest.mark.parametrize("argv, name, expected", [
+    (["--include_num_input_tokens_seen"], "include_num_input_tokens_seen", "all"),  # the v4 bool flag
+    (["--include_num_input_tokens_seen", "True"], "include_num_input_tokens_seen", "all"),
+    (["--include_num_input_tokens_seen", "non_padding"], "include_num_input_tokens_seen", "non_padding"),
+    (["--activation_checkpointing"], "gradient_checkpointing", True),
+    (["--train_sampling_strategy", "sequential"], "train_sampling_strategy", "sequential"),
+    (["--ddp_static_graph", "false"], "ddp_static_graph", False),
+    (["--parallelism_config", '{"tp_size": 2}'], "parallelism_config", {"tp_size": 2}),
+])
+def test_v5_fields_from_the_command_line(argv, name, expected):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(argv)
+    assert getattr(args, name) == expected
+
+
 def test_v4_setter_keywords():
     args = _quiet()
     args.set_evaluate(strategy="steps", steps=10, jit_mode=False)

@@ -45,6 +45,8 @@ def normalise(args) -> None:
     _check_loader_context(args)
     if args.use_cpu:
         args.dataloader_pin_memory = False  # pinned pages only speed up copies to a GPU
+    if isinstance(args.parallelism_config, str):  # JSON text or a JSON file, from a command line
+        args.parallelism_config = _load_json_object(args.parallelism_config, "parallelism_config", allow_path=True)
     if args.liger_kernel_config is not None and not isinstance(args.liger_kernel_config, dict):
         raise ValueError(f"liger_kernel_config must be a dict or None, got {args.liger_kernel_config!r}.")
     if not isinstance(args.project, str):
@@ -52,6 +54,8 @@ def normalise(args) -> None:
 
 
 def _token_count_mode(value) -> str:
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        value = value.lower() in ("true", "1")  # from a command line or a YAML/JSON config
     if value is True:
         return "all"
     if value is False or value is None:
