@@ -26,17 +26,17 @@ from ._trainer_setup import (
     validate_trainer_inputs,
 )
 from .args import TrainingArguments
-from .compat.trainer_v4 import V4TrainerNames, processing_class_from, resume_from_v4_train_kwargs
 from .callbacks import TrainerCallback
+from .compat.trainer_v4 import V4TrainerNames, processing_class_from, resume_from_v4_train_kwargs
 from .data import stream_trainer, streaming
 from .data.columns import RemoveColumnsCollator, remove_unused_hf_columns, signature_columns
 from .data.loaders import build_eval_dataloader, build_train_dataloader
+from .logging_setup import apply_log_level
 from .loop.evaluation import run_evaluation_loop, run_prediction_step
 from .loop.losses import loss_from_outputs
 from .loop.nested import move_to_device
 from .loop.precision import choose_precision
 from .loop.training import fetch_batches
-from .logging_setup import apply_log_level
 from .memory_metrics import MemoryTracker
 from .modeling import count_parameters, inspect_model, unwrap_model
 from .outputs import PredictionOutput, speed_metrics
