@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from .generation_config import generate_kwargs, load_generation_config
-from .loop.nested import nested_detach
+from .nested import nested_detach
 from .trainer import Trainer
 
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
-from conftest import RegressionDataset, RegressionModel
+from conftest import RegressionDataset, RegressionModel, assert_same_logs
 from ray.train import ScalingConfig
 
 import raytrainer
@@ -27,7 +27,7 @@ from raytrainer.data.stream_batches import (
     columns_to_tensors,
     row_range_batches,
 )
-from raytrainer.data.stream_trainer import torch_trainer_data
+from raytrainer.data.stream_shards import torch_trainer_data
 from raytrainer.runtime.payload import blueprint_of
 
 TESTS = os.path.dirname(__file__)
@@ -104,9 +104,8 @@ def test_stream_trains_the_same_weights_as_the_torch_dataset(make_args):
 
     assert stream_run.state.global_step == torch_run.state.global_step == 4  # 8 batches (the last of 2 rows)
     _same_parameters(model, twin, atol=1e-6)
-    for theirs, ours in zip(torch_run.state.log_history, stream_run.state.log_history):
-        for key in ("loss", "grad_norm", "learning_rate", "eval_loss", "epoch", "step"):
-            assert ours.get(key) == pytest.approx(theirs.get(key), rel=1e-5), key
+    assert_same_logs(stream_run.state.log_history, torch_run.state.log_history,
+                     ("loss", "grad_norm", "learning_rate", "eval_loss", "epoch", "step"))
 
 
 def test_epoch_strategies_on_a_parquet_stream_match_a_map_style_run(tmp_path, make_args):
@@ -329,6 +328,7 @@ class WideRegression(torch.nn.Module):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="reads Linux memory statistics")
+@pytest.mark.slow
 def test_parquet_three_times_the_object_store_streams_in_bounded_memory(tmp_path, make_args):
     folder, features, rows_per_file, files = tmp_path / "big", 256, 8192, 30
     os.makedirs(folder)
@@ -367,6 +367,7 @@ def _count_and_first(prediction):
     return {"count": len(prediction.predictions), "first": float(prediction.predictions[0][0])}
 
 
+@pytest.mark.slow
 def test_two_workers_read_equal_train_shards_and_evaluate_every_row_once(tmp_path, make_args):
     folder = _parquet_folder(tmp_path / "rows", _regression_table(43), rows_per_file=10)
     dev = stream(_regression_table(13, seed=4))  # 13 rows: not divisible by 2 ranks x batch 3

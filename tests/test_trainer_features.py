@@ -298,3 +298,28 @@ def test_token_counting_and_tokens_per_second(make_args):
     assert trainer.state.num_input_tokens_seen == 2 * 2 * 6
     assert output.metrics["train_tokens_per_second"] > 0
     assert [e["num_input_tokens_seen"] for e in trainer.state.log_history if "loss" in e] == [12, 24]
+
+
+def test_total_flos_estimates_six_flops_per_parameter_and_example_or_uses_the_models_count(make_args):
+    model = RegressionModel()
+    trainer = Trainer(model=model, args=make_args(max_steps=3, per_device_train_batch_size=4),
+                      train_dataset=RegressionDataset(16))
+    output = trainer.train()
+    parameters = sum(p.numel() for p in model.parameters())
+    assert output.metrics["total_flos"] == trainer.state.total_flos == 6 * parameters * 12  # 3 steps x 4 examples
+
+    class CountsItself(RegressionModel):
+        def floating_point_ops(self, inputs):
+            return 1000 * len(inputs["x"])
+
+    counted = Trainer(model=CountsItself(), args=make_args(max_steps=2, per_device_train_batch_size=4),
+                      train_dataset=RegressionDataset(16))
+    assert counted.train().metrics["total_flos"] == 8000
+
+
+def test_total_flos_counts_tokens_of_integer_inputs_without_embedding_parameters(make_args):
+    model = TokenModel()  # embedding 11 x 8 (not counted), head 8 -> 11
+    trainer = Trainer(model=model, args=make_args(max_steps=1, per_device_train_batch_size=2),
+                      train_dataset=TokenDataset(4))
+    trainer.train()
+    assert trainer.state.total_flos == 6 * (8 * 11 + 11) * (2 * 6)  # 2 sequences of 6 token ids

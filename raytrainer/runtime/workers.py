@@ -1,0 +1,58 @@
+"""Driver side of a run on Ray Train workers: ship the Trainer, run the ``TorchTrainer``, show the
+workers' progress live, and bring the trained weights and state back."""
+
+import pickle
+
+import ray
+from ray.train.torch import TorchTrainer
+
+from ..data.stream_shards import torch_trainer_data
+from ..modeling import unwrap_model
+from ..outputs import TrainOutput
+from ..state import TrainerState
+from .channel import DriverDisplay, RunChannel
+from .jobs import RemoteJob, default_run_config, new_run_id
+from .payload import blueprint_of, put_blueprint
+from .ray_session import ensure_ray, quiet_datasets, quiet_run_config
+from .run_snapshot import forget_earlier_runs
+from .worker_entry import remote_train_loop
+
+
+def run_on_workers(trainer, scaling_config, request) -> TrainOutput:
+    ensure_ray()
+    blueprint_ref = put_blueprint(blueprint_of(trainer))
+    channel = RunChannel.remote()
+    job = RemoteJob(blueprint_ref, channel, new_run_id(), request)
+    run_config = quiet_run_config(trainer.run_config or default_run_config(trainer.args), trainer.args)
+    forget_earlier_runs(run_config)
+    data = torch_trainer_data(trainer, scaling_config)  # Ray Data streams: workers read get_dataset_shard(name)
+    torch_trainer = TorchTrainer(remote_train_loop, train_loop_config={"job": job}, scaling_config=scaling_config,
+                                 run_config=run_config, **data)
+    try:
+        with DriverDisplay(trainer, channel), quiet_datasets(data.get("datasets", {}), trainer.args):
+            torch_trainer.fit()
+    except ray.train.TrainingFailedError as error:
+        raise _worker_exception(error) from error
+    result = pickle.loads(ray.get(channel.result.remote()))  # rank 0 of this run's own workers
+    ray.kill(channel)
+    return _apply_result(trainer, result)
+
+
+def _worker_exception(error):
+    """The user's own exception from the lowest failing rank, marked with where it happened."""
+    failures = getattr(error, "worker_failures", None) or {}
+    if not failures:
+        return error
+    rank = min(failures)
+    original = failures[rank]
+    if isinstance(original, BaseException):
+        original.add_note(f"(raised on Ray Train worker rank {rank})")
+        return original
+    return error
+
+
+def _apply_result(trainer, result) -> TrainOutput:
+    unwrap_model(trainer.model).load_state_dict(result["weights"])
+    trainer.state = TrainerState(**result["state"])
+    trainer.model_wrapped = trainer.model
+    return TrainOutput(*result["output"])
