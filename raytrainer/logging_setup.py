@@ -20,7 +20,14 @@ class _UnconfiguredLoggingHandler(logging.StreamHandler):
 
 def apply_log_level(args) -> None:
     """The level of this process (``log_level``, or ``log_level_replica`` on replicas; ``passive``
-    keeps the current one), and the fallback handler installed once."""
-    logger.setLevel(args.get_process_log_level())
+    keeps the level set on the ``raytrainer`` logger), and the fallback handler installed once.
+
+    A logger nobody set starts at WARNING, like HF's library logger: a root logger at INFO (a Ray
+    worker process configures one) must not make the library print its INFO lines."""
+    name = args.log_level if args.should_log else args.log_level_replica
+    if name == "passive" and logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+    else:
+        logger.setLevel(args.get_process_log_level())
     if not any(isinstance(handler, _UnconfiguredLoggingHandler) for handler in logger.handlers):
         logger.addHandler(_UnconfiguredLoggingHandler())

@@ -236,6 +236,24 @@ def test_info_level_reaches_stderr_without_any_logging_set_up(tmp_path):
     assert lines.count("***** Running training *****") == 1
 
 
+def test_passive_level_stays_quiet_under_a_chatty_root_logger(make_args, caplog):
+    """A Ray worker process (or an application) sets the root logger to INFO: with the default
+    log_level="passive" raytrainer still logs from WARNING up, as transformers' logger does."""
+    library = logging.getLogger("raytrainer")
+    saved = library.level
+    library.setLevel(logging.NOTSET)  # as in a fresh process
+    try:
+        caplog.set_level(logging.INFO)  # the root logger
+        Trainer(model=RegressionModel(), args=make_args(max_steps=1), train_dataset=RegressionDataset(8)).train()
+        assert library.level == logging.WARNING
+        assert "***** Running training *****" not in caplog.messages
+        library.setLevel(logging.INFO)  # set by the user: "passive" keeps it
+        Trainer(model=RegressionModel(), args=make_args(max_steps=1), train_dataset=RegressionDataset(8)).train()
+        assert "***** Running training *****" in caplog.messages
+    finally:
+        library.setLevel(saved)
+
+
 def test_a_resumed_run_says_which_arguments_differ(make_args, caplog):
     args = make_args(max_steps=4, save_strategy="steps", save_steps=2)
     Trainer(model=RegressionModel(), args=args, train_dataset=RegressionDataset(16)).train()
