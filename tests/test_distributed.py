@@ -11,7 +11,6 @@ import sys
 import threading
 
 import pytest
-import ray
 import torch
 from conftest import (
     KwargsRegressionModel,
@@ -25,16 +24,8 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 
 from raytrainer import Trainer, TrainerCallback, TrainingArguments
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_instance")]
 TESTS = os.path.dirname(__file__)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([TESTS, os.path.dirname(TESTS)])}})
-    yield
-    ray.shutdown()
 
 
 def _args(out, batch, **overrides):

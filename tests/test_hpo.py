@@ -6,7 +6,6 @@ import os
 
 import optuna
 import pytest
-import ray
 import torch
 from conftest import RegressionDataset, RegressionModel
 from ray import tune
@@ -17,18 +16,8 @@ from ray.tune.search import BasicVariantGenerator
 from raytrainer import Trainer, TrainingArguments
 from raytrainer.checkpoints import load_weights
 
-TESTS = os.path.dirname(__file__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 GOOD_LR, SLOW_LR, BAD_LR = 0.05, 0.01, 1e-6
-
-
-@pytest.fixture(scope="module")
-def ray_instance():
-    """One Ray instance for the Tune and multi-worker tests; Optuna's in-process trials need none."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([TESTS, os.path.dirname(TESTS)])}})
-    yield
-    ray.shutdown()
 
 
 def model_init(trial=None):
