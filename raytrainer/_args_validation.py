@@ -21,6 +21,7 @@ from datetime import datetime
 from raytrainer.enums import (
     DebugOption,
     FSDPOption,
+    METRIC_SCHEDULER_TYPES,
     HubStrategy,
     IntervalStrategy,
     OptimizerNames,
@@ -271,9 +272,9 @@ def _resolve_best_model(args) -> None:
             "save_strategy='best' saves when the evaluation metric improves, so it needs "
             "evaluation: set eval_strategy to 'steps' or 'epoch'."
         )
-    if args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU and not evaluates:
+    if args.lr_scheduler_type in METRIC_SCHEDULER_TYPES and not evaluates:
         raise ValueError(
-            "lr_scheduler_type='reduce_lr_on_plateau' steps on an evaluation metric: "
+            f"lr_scheduler_type='{args.lr_scheduler_type.value}' steps on an evaluation metric: "
             "set eval_strategy to 'steps' or 'epoch'."
         )
     if args.load_best_model_at_end:
@@ -281,7 +282,7 @@ def _resolve_best_model(args) -> None:
     wants_metric = (
         args.load_best_model_at_end
         or args.save_strategy == SaveStrategy.BEST
-        or args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU
+        or args.lr_scheduler_type in METRIC_SCHEDULER_TYPES
     )
     if args.metric_for_best_model is None and wants_metric:
         args.metric_for_best_model = "loss"
@@ -532,6 +533,13 @@ def validate_generation_settings(args) -> None:
     _check_int(args, "generation_num_beams", 1, optional=True)
     _check_bool(args, "sortish_sampler")
     _check_bool(args, "predict_with_generate")
+    if args.sortish_sampler:
+        # a "sortish" order (shuffle, then sort chunks of ~50 batches by length, longest first) is
+        # exactly what the length-grouped sampler draws
+        if args.train_sampling_strategy == "sequential":
+            raise ValueError("sortish_sampler=True and train_sampling_strategy='sequential' ask for two different "
+                             "orders; keep one.")
+        args.group_by_length = True
     config = args.generation_config
     if isinstance(config, os.PathLike):
         args.generation_config = os.fspath(config)
@@ -571,8 +579,6 @@ def list_ignored_settings(args) -> list:
          "local_rank: Ray Train assigns ranks to its workers; this value is not read"),
         (DebugOption.UNDERFLOW_OVERFLOW in args.debug,
          "debug='underflow_overflow': the underflow/overflow detector is not implemented"),
-        (not args.skip_memory_metrics,
-         "skip_memory_metrics=False: memory metrics are not collected; use Ray's dashboard"),
         (args.optim_target_modules is not None,
          "optim_target_modules: only GaLore/APOLLO optimizers read it, and raytrainer ships neither"),
         (args.split_batches is not None or bool(args.accelerator_config),

@@ -18,6 +18,7 @@ SCHEDULER_NAME = "scheduler.pt"
 SCALER_NAME = "scaler.pt"
 TRAINER_STATE_NAME = "trainer_state.json"
 TRAINING_ARGS_NAME = "training_args.json"
+TRAINING_ARGS_BIN_NAME = "training_args.bin"  # torch.save(args), as HF writes it; never loaded here
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _TMP_RE = re.compile(rf"^\.tmp-{PREFIX_CHECKPOINT_DIR}-\d+-(\d+)$")
 

@@ -4,6 +4,7 @@ import dataclasses
 
 import ray
 
+from ..callbacks.jit_checkpoint import jit_checkpointing
 from ..loop.training import run_training
 from .context import LocalContext, WorkerContext
 from .ray_session import quiet_train_worker, ray_logs_wanted
@@ -15,7 +16,8 @@ _DISPLAY_CALLBACKS = ("ProgressCallback", "PrinterCallback", "NotebookProgressCa
 def local_train_loop(config: dict) -> None:
     """Local mode: the job holds the user's own Trainer object."""
     job = config["job"]
-    job.result["output"] = run_training(job.trainer, LocalContext(job.checkpoint_root), job.request)
+    with jit_checkpointing(job.trainer):  # SIGTERM -> checkpoint and stop, when enable_jit_checkpoint
+        job.result["output"] = run_training(job.trainer, LocalContext(job.checkpoint_root), job.request)
 
 
 def remote_train_loop(config: dict) -> None:
