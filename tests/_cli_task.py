@@ -44,3 +44,7 @@ class RecordSteps(TrainerCallback):
 
 
 not_a_factory = RegressionModel()
+
+
+def broken_set():
+    raise RuntimeError("the data server is down")

@@ -95,6 +95,11 @@ def test_config_errors_from_the_users_code_and_argument_values(tmp_path):
     assert code == 2 and "--learning_rate" in err and "'fast'" in err
     code, _, err = fails({**task_config(out), "eval_dataset": None}, "--eval_strategy", "steps")
     assert code == 2 and "Trainer: eval_strategy='steps' needs an eval_dataset" in err
+    code, _, err = fails({**task_config(out), "data_collator": "raytrainer:DataCollatorWithPadding"})
+    assert code == 2 and "data_collator: raytrainer:DataCollatorWithPadding cannot be built without arguments" in err
+    code, _, err = fails({**task_config(out), "train_dataset": "_cli_task:broken_set"})
+    assert code == 1 and "RuntimeError: the data server is down" in err
+    assert "(raised while building train_dataset of " in err and "_cli_task:broken_set)" in err
     assert not os.path.exists(out) and not ray.is_initialized()  # nothing started, nothing written
 
 

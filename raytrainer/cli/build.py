@@ -64,17 +64,22 @@ def _run_module(config, key, module_name, load):
                            "Fix the module.") from error
 
 
-def call_if_factory(value):
+def call_if_factory(value, key: str = "", config: ConfigFile = None):
     """Call a function or class (with ``None`` when it takes a trial argument); other objects are
-    returned as they are."""
+    returned as they are. An error raised by the user's function says which config key built it."""
     if not (inspect.isroutine(value) or inspect.isclass(value)):
         return value
     try:
         parameters = inspect.signature(value).parameters.values()
     except (TypeError, ValueError):
-        return value()
+        parameters = ()
     required = [p for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return value(None) if required else value()
+    try:
+        return value(None) if required else value()
+    except Exception as error:
+        if config is not None:
+            error.add_note(f"(raised while building {key} of {config.path}: {config.data.get(key, '')})")
+        raise
 
 
 def trainer_class(config: ConfigFile):
@@ -185,12 +190,19 @@ def reference_or_none(config: ConfigFile, key: str, call: bool = False):
     if config.data.get(key) is None:
         return None
     value = import_reference(config, key, config.data[key])
-    return call_if_factory(value) if call else value
+    return call_if_factory(value, key, config) if call else value
 
 
 def collator(config: ConfigFile):
     value = reference_or_none(config, "data_collator")
-    return value() if inspect.isclass(value) else value
+    if not inspect.isclass(value):
+        return value
+    try:
+        return value()
+    except TypeError as error:
+        raise config.error("data_collator", f"{config.data['data_collator']} cannot be built without arguments "
+                           f"({error}).", "Name an instance instead: define e.g. 'collator = "
+                           "DataCollatorWithPadding(tokenizer)' in the module and write 'module:collator'.") from None
 
 
 def callbacks(config: ConfigFile) -> list:
@@ -230,7 +242,7 @@ def _dataset(config: ConfigFile, key: str, value, streams: bool, done=None):
     options = dict(value) if isinstance(value, dict) else {"path": value}
     path = options.pop("path")
     if is_reference(path):
-        return done if done is not None else call_if_factory(import_reference(config, key, path))
+        return done if done is not None else call_if_factory(import_reference(config, key, path), key, config)
     if not streams:
         return None
     from ..data.streaming import stream
@@ -261,7 +273,7 @@ def build_trainer(config: ConfigFile, overrides: list, prog: str, sweep: bool = 
                   processing_class=reference_or_none(config, "processing_class", call=True),
                   callbacks=callbacks(config))
     set_seed(args.seed)
-    model = None if sweep else call_if_factory(factory)
+    model = None if sweep else call_if_factory(factory, "model", config)
     data = datasets(config)
     try:
         return cls(model=model, model_init=factory if sweep else None, args=args,

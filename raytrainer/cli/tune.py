@@ -6,7 +6,7 @@ trial while it runs, then the trial table, the best run, its checkpoint and the 
 
 import argparse
 
-from .build import UsageError, build_trainer, failure_config, reference_or_none
+from .build import UsageError, arguments_class, build_trainer, failure_config, reference_or_none, trainer_class
 from .config import load_config
 from .live import optuna_trial_lines
 
@@ -79,8 +79,8 @@ def load_space(name_or_path: str, args_class=None):
 def run(namespace, overrides: list) -> int:
     check_options(namespace)
     config = load_config(namespace.config)
+    space = load_space(namespace.space, arguments_class(trainer_class(config)))  # before any data or Ray
     trainer = build_trainer(config, overrides, "raytrainer tune", sweep=True)
-    space = load_space(namespace.space, type(trainer.args))
     objective = reference_or_none(config, "compute_objective")
     if namespace.metric:
         objective = MetricObjective(namespace.metric)
