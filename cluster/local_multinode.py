@@ -179,9 +179,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def stop(folder: str, timeout_s: float = 60) -> None:
-    """SIGTERM to each node's ``ray start --block`` (it stops its node's processes), then SIGTERM
-    and SIGKILL to whatever of this cluster is left."""
+def stop(folder: str, timeout_s: float = 10) -> None:
+    """SIGTERM to each node's ``ray start --block`` (it stops its node's processes; each gets
+    ``timeout_s``), then SIGTERM and SIGKILL to whatever of this cluster is left."""
     folder = os.path.abspath(folder)
     # taken before the parents go (their children are then re-parented); with start times, so
     # that a process id reused by another program is never signalled
