@@ -36,8 +36,11 @@ def default_collator(processing_class):
 
 
 def build_callback_handler(trainer, callbacks) -> CallbackHandler:
+    from .integrations import added_callbacks
+
     progress = progress_callback_class(trainer.args)
-    all_callbacks = list(DEFAULT_CALLBACKS) + list(callbacks or []) + [progress]
+    # report_to's integrations come after the user's callbacks, as in HF (a missing library fails here)
+    all_callbacks = list(DEFAULT_CALLBACKS) + list(callbacks or []) + added_callbacks(trainer, callbacks) + [progress]
     return CallbackHandler(all_callbacks, trainer.model, trainer.processing_class,
                            trainer.optimizer, trainer.lr_scheduler)
 
