@@ -29,6 +29,7 @@ from .data import stream_trainer, streaming
 from .data.columns import RemoveColumnsCollator, remove_unused_hf_columns, signature_columns
 from .data.loaders import build_eval_dataloader, build_train_dataloader
 from .enums import SchedulerType
+from .hub import HubMethods
 from .loop.evaluation import run_evaluation_loop, run_prediction_step
 from .loop.losses import LabelSmoother, loss_from_outputs
 from .loop.nested import move_to_device
@@ -42,7 +43,7 @@ from .state import TrainerControl, TrainerState
 logger = logging.getLogger("raytrainer")
 
 
-class Trainer:
+class Trainer(HubMethods):
     """A training and evaluation loop for PyTorch models with the HF ``Trainer`` API, run by Ray Train.
 
     Arguments are those of ``transformers.Trainer`` plus Ray's own configuration objects:
@@ -132,6 +133,8 @@ class Trainer:
         )
         self.control = TrainerControl()
         self.callback_handler = build_callback_handler(self, callbacks)
+        if args.push_to_hub:
+            self.init_hf_repo()  # an unreachable Hub or a refused token fails here, before training
         probe_model_returns_loss(self)
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
 
@@ -511,6 +514,8 @@ class Trainer:
         ``training_args.json`` to ``output_dir``."""
         if self.is_world_process_zero():
             _checkpoint.save_model_folder(self, output_dir or self.args.output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def is_world_process_zero(self) -> bool:
         return self.args.process_index == 0
