@@ -152,6 +152,9 @@ def test_on_two_workers_rank_zero_reports_and_pushes_and_the_driver_continues_th
     files = stub_hub.state.files("tester/on-workers")
     assert files["model.safetensors"] == final and files["last-checkpoint/model.safetensors"] == final
     assert "last-checkpoint/rng_state_1.pth" in files  # the checkpoint Ray merged from both ranks
+    for root, _, names in os.walk(tmp_path / "out"):  # Ray's run folder included: no token anywhere
+        for name in names:
+            assert HUB_TOKEN.encode() not in open(os.path.join(root, name), "rb").read(), name
     # the driver's evaluate() logs into the workers' MLflow run
     metrics = trainer.evaluate(RegressionDataset(8, seed=5), metric_key_prefix="after")
     assert history(client, run.info.run_id, "after_loss") == {6: pytest.approx(metrics["after_loss"])}
