@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from ray.train import ScalingConfig
 
-from raytrainer import EarlyStoppingCallback, HfArgumentParser, Trainer, TrainingArguments
+from raytrainer import EarlyStoppingCallback, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 
 class DigitsDataset(torch.utils.data.Dataset):
@@ -71,6 +71,7 @@ def main(argv=None):
                 "--save_total_limit", "2", "--warmup_ratio", "0.1", "--weight_decay", "0.01"]
     (args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(defaults + list(argv or []))
     train, dev, test = load_digits_splits(args.seed)
+    set_seed(args.seed)  # before the model is built: its initial weights come from the seed too
     trainer = Trainer(
         model=DigitClassifier(),
         args=args,
@@ -96,7 +97,8 @@ def main(argv=None):
 
 def small_sweep(args, train, dev, n_trials: int = 4):
     """A small Optuna sweep over the learning rate and the warmup; each trial trains a fresh model
-    from ``model_init`` in this process for one epoch and reports its dev accuracy."""
+    from ``model_init`` in this process for one epoch and reports its dev accuracy. The sampler is
+    seeded with ``args.seed`` (hyperparameter_search's default), so the sweep repeats exactly."""
     sweep_args = dataclasses.replace(args, output_dir=f"{args.output_dir}/sweep", num_train_epochs=1,
                                      load_best_model_at_end=False, save_strategy="no", eval_strategy="epoch",
                                      disable_tqdm=True, logging_strategy="no")

@@ -1,6 +1,7 @@
 """What the Trainer needs to know about a model, read once from its forward signature."""
 
 import inspect
+import weakref
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -71,3 +72,31 @@ def _shifts_labels(model) -> bool:
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def estimate_training_flos(model: nn.Module, inputs) -> int:
+    """FLOPs of a forward and backward pass over ``inputs``, estimated as transformers does for
+    its models: 6 x (non-embedding parameters) x tokens. Tokens are the elements of the model's
+    main input when it holds token ids (an integer tensor), else the examples of the batch (a
+    dense network uses each parameter once per example)."""
+    main = inputs.get(getattr(model, "main_input_name", "input_ids")) if isinstance(inputs, dict) else None
+    if main is None and isinstance(inputs, dict):
+        main = next((value for value in inputs.values() if hasattr(value, "shape") and value.ndim > 0), None)
+    if main is None or not hasattr(main, "shape") or main.ndim == 0:
+        return 0
+    integer_ids = not (main.dtype.is_floating_point or main.dtype.is_complex)
+    tokens = main.numel() if integer_ids else main.shape[0]
+    return 6 * tokens * _dense_parameter_count(model)
+
+
+_PARAMETER_COUNTS = weakref.WeakKeyDictionary()
+
+
+def _dense_parameter_count(model: nn.Module) -> int:
+    """Parameters outside embedding tables, counted once per model (the estimate runs per step)."""
+    count = _PARAMETER_COUNTS.get(model)
+    if count is None:
+        embedding = {id(p) for module in model.modules() if isinstance(module, nn.Embedding) for p in module.parameters()}
+        count = sum(p.numel() for p in model.parameters() if id(p) not in embedding)
+        _PARAMETER_COUNTS[model] = count
+    return count

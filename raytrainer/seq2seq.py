@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .loop.nested import nested_detach
+from .nested import nested_detach
 from .trainer import Trainer
 
 

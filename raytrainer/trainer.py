@@ -5,6 +5,7 @@ decided by ``raytrainer.runtime``. Every method here that a user may override ke
 and the loop calls it through the Trainer, so a subclass's version is the one that runs.
 """
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -14,31 +15,31 @@ import torch
 import torch.nn as nn
 
 from . import checkpoints as _checkpoint
+from . import metrics_io
 from . import optim as _optim
-from . import reporting
 from . import schedules
-from ._trainer_setup import (
-    build_callback_handler,
-    default_collator,
-    probe_model_returns_loss,
-    validate_trainer_inputs,
-)
 from .args import TrainingArguments
-from .callbacks import TrainerCallback
-from .data import stream_trainer, streaming
+from .callbacks import TrainerCallback, default_callback_handler
+from .data import stream_shards, streaming
+from .data.collators import default_collator_for
 from .data.columns import RemoveColumnsCollator, remove_unused_hf_columns, signature_columns
 from .data.loaders import build_eval_dataloader, build_train_dataloader
 from .enums import SchedulerType
 from .hub import HubMethods
+from .integrations import added_callbacks
+from .loop.collectives import sum_over_ranks
 from .loop.evaluation import run_evaluation_loop, run_prediction_step
 from .loop.losses import LabelSmoother, loss_from_outputs
-from .loop.nested import move_to_device
-from .loop.precision import choose_precision
+from .loop.run_state import RunState, TrainRequest
 from .loop.training import fetch_batches
-from .modeling import count_parameters, inspect_model, unwrap_model
+from .modeling import count_parameters, estimate_training_flos, inspect_model, unwrap_model
+from .nested import move_to_device
 from .outputs import PredictionOutput, speed_metrics
+from .overrides import accepts_argument
+from .probe import probe_model
 from .seeding import enable_full_determinism, set_seed
 from .state import TrainerControl, TrainerState
+from .validation import check_output_locations, rebuilt_on_worker, validate_trainer_inputs
 
 logger = logging.getLogger("raytrainer")
 
@@ -100,7 +101,7 @@ class Trainer(HubMethods):
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
         self.processing_class = processing_class
-        self.data_collator = data_collator if data_collator is not None else default_collator(processing_class)
+        self.data_collator = data_collator if data_collator is not None else default_collator_for(processing_class)
         self.compute_loss_func = compute_loss_func
         self.compute_metrics = compute_metrics
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
@@ -109,7 +110,9 @@ class Trainer(HubMethods):
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
         self.scaling_config = scaling_config
         self.run_config = run_config
-        validate_trainer_inputs(self, optimizers=optimizers, callbacks=callbacks)
+        checked_on_driver = rebuilt_on_worker()
+        if not checked_on_driver:
+            validate_trainer_inputs(self, optimizers=optimizers, callbacks=callbacks)
 
         self._signature = inspect_model(model)
         self.model_accepts_loss_kwargs = self._signature.accepts_loss_kwargs
@@ -119,11 +122,7 @@ class Trainer(HubMethods):
         self.is_model_parallel = False
         self.place_model_on_device = args.place_model_on_device
         self.neftune_noise_alpha = args.neftune_noise_alpha
-        self.scaler = None
-        self._past = None
-        self.current_flos = 0
-        self._precision = None
-        self._device = args.device  # read per batch; args.device asks torch.cuda every time
+        self._run = None  # the RunState of the training or evaluation under way (see _running)
         self._train_batch_size = args.train_batch_size  # reduced by auto_find_batch_size on OOM
         self.current_gradient_accumulation_steps = args.gradient_accumulation_steps
 
@@ -132,10 +131,16 @@ class Trainer(HubMethods):
             is_world_process_zero=self.is_world_process_zero(),
         )
         self.control = TrainerControl()
-        self.callback_handler = build_callback_handler(self, callbacks)
+        # report_to's integrations come before the user's callbacks, as in HF (a missing library fails here)
+        self.callback_handler = default_callback_handler(args, added_callbacks(self, callbacks) + list(callbacks or []),
+                                                         self.model, processing_class, self.optimizer,
+                                                         self.lr_scheduler)
         if args.push_to_hub:
             self.init_hf_repo()  # an unreachable Hub or a refused token fails here, before training
-        probe_model_returns_loss(self)
+        if not checked_on_driver:
+            uses_num_items = probe_model(self, overrides_compute_loss=type(self).compute_loss is not Trainer.compute_loss)
+            if uses_num_items is not None:
+                self.model_accepts_loss_kwargs = uses_num_items
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
 
     # ------------------------------------------------------------------ model_init and train
@@ -161,7 +166,7 @@ class Trainer(HubMethods):
         ``resume_from_checkpoint`` is a checkpoint folder, or True for the latest one in
         ``output_dir``. With ``model_init``, every call starts from a freshly built model.
         """
-        from .runtime.driver import run_training
+        from .runtime.launch import run_training
 
         if kwargs:
             raise TypeError(f"train() got unexpected keyword arguments: {', '.join(sorted(kwargs))}.")
@@ -175,8 +180,49 @@ class Trainer(HubMethods):
             else:
                 set_seed(self.args.seed)
             self.model = self.model_wrapped = self.call_model_init(_user_trial(trial))
-        return run_training(self, resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-                            ignore_keys_for_eval=ignore_keys_for_eval)
+        check_output_locations(self.args)
+        return run_training(self, TrainRequest(resume_from_checkpoint, trial, ignore_keys_for_eval))
+
+    @contextlib.contextmanager
+    def _running(self, run: RunState):
+        """Bind the state of a training or evaluation run for its duration: the override points
+        (``compute_loss``, ``training_step``, the autocast context, ...) read it from here."""
+        previous, self._run = self._run, run
+        self._train_batch_size = run.train_batch_size
+        try:
+            yield run
+        finally:
+            self._run = previous
+
+    def _evaluation_run(self) -> RunState:
+        """The training run's state during training, else a fresh one with evaluation precision."""
+        if self.is_in_train and self._run is not None:
+            return self._run
+        return RunState.for_evaluation(self.args, self._train_batch_size)
+
+    def _dataset_shard(self, name: str):
+        """The current run's Ray Train dataset shard called ``name``, or None."""
+        context = self._run.context if self._run is not None else None
+        return context.dataset_shard(name) if context is not None else None
+
+    def _reset_given_optimizers(self) -> None:
+        """Back to the optimizer and scheduler passed to the constructor (None: build new ones)."""
+        self.optimizer, self.lr_scheduler = self._given_optimizers
+
+    @property
+    def scaler(self):
+        """The fp16 gradient scaler of the run under way (None without fp16 or outside a run)."""
+        return self._run.scaler if self._run is not None else None
+
+    @property
+    def current_flos(self) -> float:
+        """Floating point operations counted since they were last added to ``state.total_flos``."""
+        return self._run.flos if self._run is not None else 0.0
+
+    @current_flos.setter
+    def current_flos(self, value: float) -> None:
+        if self._run is not None:
+            self._run.flos = value
 
     # ------------------------------------------------------------------ hyperparameter search
     def hyperparameter_search(self, hp_space=None, compute_objective: Optional[Callable] = None, n_trials: int = 20,
@@ -241,8 +287,8 @@ class Trainer(HubMethods):
         """The training dataloader: a seeded per-epoch shuffle, sharded across Ray workers."""
         if self.train_dataset is None:
             raise ValueError("Trainer: training requires a train_dataset.")
-        if streaming.is_stream(self.train_dataset):  # Ray Data: this rank's shard (data/stream_trainer.py)
-            return stream_trainer.train_batches(self, self.train_dataset)
+        if streaming.is_stream(self.train_dataset):  # Ray Data: this rank's shard (data/stream_shards.py)
+            return stream_shards.train_batches(self, self.train_dataset, self._train_batch_size, self._dataset_shard)
         lengths = None
         original = self.train_dataset
         if (self.args.group_by_length and hasattr(original, "column_names")
@@ -259,7 +305,7 @@ class Trainer(HubMethods):
 
     def _eval_loader(self, dataset, description: str):
         if streaming.is_stream(dataset):
-            return stream_trainer.eval_batches(self, dataset, description)
+            return stream_shards.eval_batches(self, dataset, description, self._dataset_shard)
         dataset = self._remove_unused_columns(dataset, description)
         return build_eval_dataloader(
             dataset, self._collator_for(dataset, description), self.args.eval_batch_size,
@@ -353,15 +399,21 @@ class Trainer(HubMethods):
         if not inputs:
             raise ValueError("Trainer: the batch is empty after removing unused columns; check the dataset's "
                              "keys against the model's forward() arguments.")
-        if self._device.type != "cpu":  # CPU batches from a CPU dataloader are already in place
-            inputs = move_to_device(inputs, self._device)
-        if self.args.past_index >= 0 and self._past is not None:
-            inputs["mems"] = self._past
+        run = self._run if self._run is not None else self._evaluation_run()
+        if run.device.type != "cpu":  # CPU batches from a CPU dataloader are already in place
+            inputs = move_to_device(inputs, run.device)
+        if self.args.past_index >= 0 and run.past is not None:
+            inputs["mems"] = run.past
         return inputs
 
+    def _remember_past(self, past) -> None:
+        """Keep the model's memory output for the next batch (``past_index >= 0``)."""
+        if self._run is not None:
+            self._run.past = past
+
     def autocast_smart_context_manager(self, cache_enabled: Optional[bool] = True):
-        precision = self._precision or choose_precision(self.args, self.args.device, training=False)
-        return precision.autocast()
+        run = self._run if self._run is not None else self._evaluation_run()
+        return run.precision.autocast()
 
     def compute_loss_context_manager(self):
         return self.autocast_smart_context_manager()
@@ -374,7 +426,7 @@ class Trainer(HubMethods):
             inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
         outputs = model(**inputs)
         if self.args.past_index >= 0:
-            self._past = outputs[self.args.past_index]
+            self._remember_past(outputs[self.args.past_index])
         if labels is not None:
             if self.compute_loss_func is not None:
                 loss = self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
@@ -397,8 +449,9 @@ class Trainer(HubMethods):
             loss = self._call_compute_loss(model, inputs, num_items_in_batch)
         if (not self.model_accepts_loss_kwargs or num_items_in_batch is None) and self.compute_loss_func is None:
             loss = loss / self.current_gradient_accumulation_steps
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
+        scaler = self.scaler
+        if scaler is not None:
+            scaler.scale(loss).backward()
         else:
             loss.backward()
         return loss.detach()
@@ -412,7 +465,7 @@ class Trainer(HubMethods):
     def _compute_loss_takes_num_items(self) -> bool:
         cached = self.__dict__.get("_compute_loss_num_items")
         if cached is None:
-            cached = _accepts_keyword(self.compute_loss, "num_items_in_batch")
+            cached = accepts_argument(self.compute_loss, "num_items_in_batch")
             self.__dict__["_compute_loss_num_items"] = cached
         return cached
 
@@ -421,15 +474,33 @@ class Trainer(HubMethods):
 
         The count (``num_items_in_batch``) is only taken when the model or ``compute_loss_func``
         uses it, because counting costs a reduction per batch."""
-        return fetch_batches(self, epoch_iterator, num_batches, device)
+        args = self.args
+        return fetch_batches(
+            epoch_iterator, num_batches,
+            count_items=self.model_accepts_loss_kwargs or self.compute_loss_func is not None,
+            shifts_labels=self._signature.shifts_labels,
+            across_ranks=args.average_tokens_across_devices and args.world_size > 1,
+            device=device or args.device,
+        )
 
     def floating_point_ops(self, inputs) -> int:
-        counter = getattr(unwrap_model(self.model), "floating_point_ops", None)
-        return counter(inputs) if callable(counter) else 0
+        """FLOPs of one forward and backward pass on ``inputs``: the model's own count when it has
+        one (transformers models), else 6 x parameters x tokens (or examples)."""
+        core = unwrap_model(self.model)
+        counter = getattr(core, "floating_point_ops", None)
+        if callable(counter):
+            return counter(inputs)
+        return estimate_training_flos(core, inputs)
 
     def store_flos(self) -> None:
-        self.state.total_flos += self.current_flos
-        self.current_flos = 0
+        """Add the FLOPs counted since the last call, on every worker, to ``state.total_flos``."""
+        run = self._run
+        if run is None:
+            return
+        flos, run.flos = run.flos, 0.0
+        if self.args.world_size > 1:
+            flos = sum_over_ranks(torch.tensor(flos, dtype=torch.float64, device=run.device)).item()
+        self.state.total_flos += flos
 
     # ------------------------------------------------------------------ evaluation and prediction
     def evaluate(self, eval_dataset=None, ignore_keys: Optional[list] = None, metric_key_prefix: str = "eval") -> dict:
@@ -476,7 +547,8 @@ class Trainer(HubMethods):
 
     def evaluation_loop(self, dataloader, description: str, prediction_loss_only: Optional[bool] = None,
                         ignore_keys: Optional[list] = None, metric_key_prefix: str = "eval"):
-        return run_evaluation_loop(self, dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        return run_evaluation_loop(self, self._evaluation_run(), dataloader, description, prediction_loss_only,
+                                   ignore_keys, metric_key_prefix)
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys: Optional[list] = None):
         """``(loss, logits, labels)`` of one evaluation batch, without gradients."""
@@ -495,14 +567,14 @@ class Trainer(HubMethods):
         self.control = self.callback_handler.on_log(self.args, self.state, self.control, logs)
 
     def metrics_format(self, metrics: dict) -> dict:
-        return reporting.metrics_format(metrics)
+        return metrics_io.metrics_format(metrics)
 
     def log_metrics(self, split: str, metrics: dict) -> None:
-        reporting.log_metrics(split, metrics, self.is_world_process_zero())
+        metrics_io.log_metrics(split, metrics, self.is_world_process_zero())
 
     def save_metrics(self, split: str, metrics: dict, combined: bool = True) -> None:
         if self.is_world_process_zero():
-            reporting.save_metrics(self.args.output_dir, split, metrics, combined)
+            metrics_io.save_metrics(self.args.output_dir, split, metrics, combined)
 
     def save_state(self) -> None:
         if self.is_world_process_zero():
@@ -539,13 +611,6 @@ def _user_trial(trial):
     from .hpo.trial import SearchTrial
 
     return trial.user_trial if isinstance(trial, SearchTrial) else trial
-
-
-def _accepts_keyword(fn: Callable, name: str) -> bool:
-    import inspect
-
-    params = inspect.signature(fn).parameters
-    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
 def _first_example_fits(dataset, columns) -> bool:

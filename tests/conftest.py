@@ -52,6 +52,17 @@ class RegressionModel(nn.Module):
         return result
 
 
+class NoLossModel(nn.Module):
+    """Returns logits only: the Trainer must say so before training."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+
+    def forward(self, x, labels=None):
+        return {"logits": self.linear(x)}
+
+
 class ClassificationDataset(torch.utils.data.Dataset):
     def __init__(self, length: int = 48, num_classes: int = 3, seed: int = 1):
         generator = torch.Generator().manual_seed(seed)
@@ -135,3 +146,14 @@ def make_args(tmp_path):
         return TrainingArguments(**defaults)
 
     return build
+
+
+def assert_same_logs(ours: list, theirs: list, keys, rel: float = 1e-5, abs: float = 0.0) -> None:
+    """Two log histories are entry by entry the same: same length, the same ``keys`` present in each
+    entry, equal values within tolerance (a plain ``zip`` would hide a missing or extra entry)."""
+    assert len(ours) == len(theirs), (len(ours), len(theirs))
+    for index, (mine, other) in enumerate(zip(ours, theirs)):
+        present = [key for key in keys if key in other]
+        assert [key for key in keys if key in mine] == present, (index, mine, other)
+        for key in present:
+            assert mine[key] == pytest.approx(other[key], rel=rel, abs=abs), (index, key)

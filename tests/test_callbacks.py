@@ -53,7 +53,7 @@ STEP_TABLE = {
     7: (False, False, False, False), 8: (False, True, False, False),
     9: (True, False, False, False), 10: (False, False, False, False),
     11: (False, False, False, False), 12: (True, True, True, False),
-    13: (False, False, True, True),
+    13: (False, True, True, True),  # the last step is evaluated off the grid too (HF v5)
 }
 
 
@@ -455,6 +455,11 @@ def test_notebook_table_rows_per_evaluation_and_live_updates():
     assert "<th>Validation Loss</th><th>Accuracy</th>" in last and "Runtime" not in last
     assert "<td>2</td><td>0.500000</td><td>0.500000</td><td>0.250000</td><td>0.750000</td>" in last
     assert len(frames) == 5  # begin, two steps, two logs: every change is drawn (min_interval 0)
+    # an evaluate() after training belongs to no training row: the finished table stays as it was
+    callback.on_train_end(args, state, None)
+    finished = frames[-1]
+    callback.on_log(args, state, None, logs={"eval_loss": 0.2, "eval_accuracy": 0.8, "eval_runtime": 0.1})
+    assert frames[-1] == finished and finished.count("<tr><td>") == 1
 
 
 def test_preemption_checks_are_spaced_in_time_and_sigterm_saves_then_stops(monkeypatch):

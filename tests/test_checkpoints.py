@@ -105,11 +105,11 @@ _CRASH_SCRIPT = textwrap.dedent("""
     from raytrainer import Trainer, TrainingArguments
 
     original = writer._save_training_objects
-    def slow_save(trainer, folder):
+    def slow_save(trainer, scaler, folder):
         if trainer.state.global_step == 4:
             open(folder + "/started", "w").close()
             time.sleep(120)  # killed here, half-way through writing checkpoint-4
-        original(trainer, folder)
+        original(trainer, scaler, folder)
     writer._save_training_objects = slow_save
     torch.manual_seed(0)
     args = TrainingArguments(output_dir={out!r}, max_steps=6, save_strategy="steps", save_steps=2,

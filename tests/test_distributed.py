@@ -9,7 +9,7 @@ import threading
 import pytest
 import ray
 import torch
-from conftest import RegressionDataset, RegressionModel
+from conftest import RegressionDataset, RegressionModel, assert_same_logs
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 
 from raytrainer import Trainer, TrainerCallback, TrainingArguments
@@ -55,10 +55,8 @@ def test_two_workers_equal_one_process_with_twice_the_batch(tmp_path, capsys):
     for (name, a), b in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
     # logged loss is the mean over ranks, grad_norm the global norm
-    for ours, theirs in zip(distributed.state.log_history, local.state.log_history):
-        for key in ("loss", "grad_norm", "learning_rate", "eval_loss", "eval_count", "eval_checksum"):
-            if key in theirs:
-                assert ours[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), key
+    assert_same_logs(distributed.state.log_history, local.state.log_history,
+                     ("loss", "grad_norm", "learning_rate", "eval_loss", "eval_count", "eval_checksum"), abs=1e-6)
     # every eval example counted once, in dataset order
     evals = [e for e in distributed.state.log_history if "eval_count" in e]
     assert [e["eval_count"] for e in evals] == [13, 13]

@@ -96,74 +96,67 @@ def _run_schedule(library, output_dir, train_size, overrides) -> dict:
     return _schedule_summary(trainer, output_dir)
 
 
-# (id, train_size, TrainingArguments overrides, what raytrainer must produce, HF adds a final eval)
+# (id, train_size, TrainingArguments overrides, what raytrainer must produce). With eval_strategy="steps"
+# the last step is evaluated even when it is no multiple of eval_steps (HF v5's DefaultFlowCallback).
 # With 20 examples and batch 4 an epoch is 5 optimizer steps.
 SCHEDULES = [
     ("int_intervals", 20,
      dict(logging_steps=3, eval_strategy="steps", eval_steps=4, save_strategy="steps", save_steps=5),
-     dict(logs=[(3, "loss"), (4, "eval"), (6, "loss"), (8, "eval"), (9, "loss"), (10, "train")],
-          checkpoints=["checkpoint-5", "checkpoint-10"], max_steps=10, epoch=2.0), True),
+     dict(logs=[(3, "loss"), (4, "eval"), (6, "loss"), (8, "eval"), (9, "loss"), (10, "eval"), (10, "train")],
+          checkpoints=["checkpoint-5", "checkpoint-10"], max_steps=10, epoch=2.0)),
     ("ratio_intervals", 20,  # 0.25 * 10 -> ceil(2.5) = 3, 0.5 * 10 -> 5
      dict(logging_steps=0.25, eval_strategy="steps", eval_steps=0.5, save_strategy="steps", save_steps=0.5),
      dict(logs=[(3, "loss"), (5, "eval"), (6, "loss"), (9, "loss"), (10, "eval"), (10, "train")],
-          checkpoints=["checkpoint-5", "checkpoint-10"], max_steps=10, intervals=(3, 5, 5)), False),
+          checkpoints=["checkpoint-5", "checkpoint-10"], max_steps=10, intervals=(3, 5, 5))),
     ("epoch_strategies", 20,
      dict(logging_strategy="epoch", eval_strategy="epoch", save_strategy="epoch", num_train_epochs=3),
      dict(logs=[(5, "loss"), (5, "eval"), (10, "loss"), (10, "eval"), (15, "loss"), (15, "eval"), (15, "train")],
-          checkpoints=["checkpoint-5", "checkpoint-10", "checkpoint-15"], max_steps=15), False),
+          checkpoints=["checkpoint-5", "checkpoint-10", "checkpoint-15"], max_steps=15)),
     ("first_step_and_step_delay", 20,
      dict(logging_first_step=True, logging_steps=4, eval_strategy="steps", eval_steps=2, eval_delay=5),
      dict(logs=[(1, "loss"), (4, "loss"), (6, "eval"), (8, "loss"), (8, "eval"), (10, "eval"), (10, "train")],
-          checkpoints=[]), False),
+          checkpoints=[])),
     ("epoch_eval_delay", 20,
      dict(logging_first_step=True, logging_steps=5, eval_strategy="epoch", eval_delay=2, num_train_epochs=3),
-     dict(logs=[(1, "loss"), (5, "loss"), (10, "loss"), (10, "eval"), (15, "loss"), (15, "eval"), (15, "train")]),
-     False),
+     dict(logs=[(1, "loss"), (5, "loss"), (10, "loss"), (10, "eval"), (15, "loss"), (15, "eval"), (15, "train")])),
     ("accumulation_partial_window", 20,  # 5 batches, accumulation 3 -> windows [3, 2], 2 steps per epoch
      dict(gradient_accumulation_steps=3, logging_steps=1, eval_strategy="steps", eval_steps=2,
           save_strategy="steps", save_steps=3, num_train_epochs=3),
      dict(logs=[(1, "loss"), (2, "loss"), (2, "eval"), (3, "loss"), (4, "loss"), (4, "eval"), (5, "loss"),
                 (6, "loss"), (6, "eval"), (6, "train")],
-          checkpoints=["checkpoint-3", "checkpoint-6"], max_steps=6, epoch=3.0), False),
+          checkpoints=["checkpoint-3", "checkpoint-6"], max_steps=6, epoch=3.0)),
     ("max_steps_mid_epoch", 20,
      dict(max_steps=7, logging_steps=2, eval_strategy="steps", eval_steps=3, save_strategy="steps", save_steps=3),
-     dict(logs=[(2, "loss"), (3, "eval"), (4, "loss"), (6, "loss"), (6, "eval"), (7, "train")],
+     dict(logs=[(2, "loss"), (3, "eval"), (4, "loss"), (6, "loss"), (6, "eval"), (7, "eval"), (7, "train")],
           checkpoints=["checkpoint-3", "checkpoint-6", "checkpoint-7"], max_steps=7, epoch=1.4,
-          num_train_epochs=2), True),
+          num_train_epochs=2)),
     ("fractional_epochs", 20,  # ceil(1.5 * 5) = 8 steps; the second epoch ends early, at step 8
      dict(num_train_epochs=1.5, logging_steps=2, save_strategy="epoch", eval_strategy="epoch"),
      dict(logs=[(2, "loss"), (4, "loss"), (5, "eval"), (6, "loss"), (8, "loss"), (8, "eval"), (8, "train")],
-          checkpoints=["checkpoint-5", "checkpoint-8"], max_steps=8, epoch=1.6, num_train_epochs=2), False),
+          checkpoints=["checkpoint-5", "checkpoint-8"], max_steps=8, epoch=1.6, num_train_epochs=2)),
     ("accumulation_ratios_max_steps", 20,  # 0.4 * 5 = 2, 0.6 * 5 -> ceil(3.0) = 3
      dict(gradient_accumulation_steps=2, max_steps=5, logging_steps=0.4, eval_strategy="steps", eval_steps=0.4,
           save_strategy="steps", save_steps=0.6),
-     dict(logs=[(2, "loss"), (2, "eval"), (4, "loss"), (4, "eval"), (5, "train")],
-          checkpoints=["checkpoint-3", "checkpoint-5"], intervals=(2, 2, 3)), True),
+     dict(logs=[(2, "loss"), (2, "eval"), (4, "loss"), (4, "eval"), (5, "eval"), (5, "train")],
+          checkpoints=["checkpoint-3", "checkpoint-5"], intervals=(2, 2, 3))),
     ("save_best", 20,  # SGD at lr 0.5 makes eval_loss go up and down: only improvements are saved
      dict(save_strategy="best", metric_for_best_model="loss", eval_strategy="steps", eval_steps=1,
           logging_steps=3, max_steps=6, learning_rate=0.5, optim="sgd"),
      dict(logs=[(1, "eval"), (2, "eval"), (3, "loss"), (3, "eval"), (4, "eval"), (5, "eval"), (6, "loss"),
                 (6, "eval"), (6, "train")],
-          checkpoints=["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-5"], best_global_step=5), False),
+          checkpoints=["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-5"], best_global_step=5)),
 ]
 
 
-@pytest.mark.parametrize("train_size, overrides, expected, hf_final_eval",
+@pytest.mark.parametrize("train_size, overrides, expected",
                          [case[1:] for case in SCHEDULES], ids=[case[0] for case in SCHEDULES])
-def test_schedule_matches_transformers(tmp_path, train_size, overrides, expected, hf_final_eval):
+def test_schedule_matches_transformers(tmp_path, train_size, overrides, expected):
     ours = _run_schedule("ours", tmp_path / "ours", train_size, overrides)
     hf = _run_schedule("hf", tmp_path / "hf", train_size, overrides)
 
     for key, value in expected.items():
         got = [entry[:2] for entry in ours["logs"]] if key == "logs" else ours[key]
         assert got == value, key
-    if hf_final_eval:
-        # transformers 5 adds an evaluation at the last step when eval_strategy="steps" and that step
-        # is no multiple of eval_steps; the spec says evaluation is done "every eval_steps", which is
-        # what raytrainer does. Pin exactly that one extra entry.
-        final = (ours["max_steps"], "eval", ours["epoch"])
-        assert final in hf["logs"] and final not in ours["logs"]
-        hf["logs"].remove(final)
     assert ours == hf
 
 
@@ -203,16 +196,29 @@ def test_accumulation_over_a_whole_epoch_matches_transformers(tmp_path):
     assert [loss for _, loss in ours] == pytest.approx([loss for _, loss in full], abs=1e-4)
 
 
-def test_bert_accumulation_matches_transformers(tmp_path):
-    # BertForSequenceClassification takes **kwargs, so both trainers pass num_items_in_batch and do
-    # not divide by the accumulation steps; its loss is a per-batch mean, so the window sums means.
+def test_bert_mean_loss_is_averaged_over_the_window_unlike_transformers(tmp_path):
+    # BertForSequenceClassification takes **kwargs but its loss is a per-batch mean that ignores
+    # num_items_in_batch. raytrainer's probe measures that, so the window averages its batch means
+    # like any mean loss: 2 micro-batches of 4 are one batch of 8. transformers trusts the
+    # signature, skips the division by the accumulation steps and logs (and steps with) twice the loss.
     rows = separable_classification_rows(8)
     dataset = ListDataset([{key: torch.tensor(rows[key][i]) for key in rows} for i in range(8)])
-    results = _train_both(tmp_path, tiny_bert_classifier(), dataset, per_device_train_batch_size=4,
-                          gradient_accumulation_steps=2, learning_rate=0.01, warmup_steps=1, num_train_epochs=3)
-    _assert_same_weights(results)
-    _assert_same_losses(results)
-    assert results["ours"][0].model_accepts_loss_kwargs is True
+    model = tiny_bert_classifier()
+    settings = dict(learning_rate=0.01, warmup_steps=1, num_train_epochs=3)
+    results = _train_both(tmp_path, model, dataset, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                          **settings)
+    full_batch = _build_trainer("ours", tmp_path / "full", copy.deepcopy(model), dataset,
+                                per_device_train_batch_size=8, **settings)
+    full_batch.train()
+
+    assert results["ours"][0].model_accepts_loss_kwargs is False
+    ours, full, hf = (_loss_logs(trainer) for trainer in (results["ours"][0], full_batch, results["hf"][0]))
+    assert [step for step, _ in ours] == [step for step, _ in full] == [1, 2, 3]
+    assert [loss for _, loss in ours] == pytest.approx([loss for _, loss in full], abs=1e-5)
+    assert [loss for _, loss in hf] == pytest.approx([2 * loss for _, loss in ours], rel=1e-4)
+    full_weights = copy_state(full_batch.model)
+    for name, value in results["ours"][1].items():
+        torch.testing.assert_close(value, full_weights[name], atol=1e-5, rtol=1e-5, msg=name)
 
 
 def test_logged_learning_rate_is_the_rate_the_step_used_like_transformers(tmp_path):
@@ -309,9 +315,12 @@ def test_causal_lm_gets_num_items_in_batch_and_matches_transformers(tmp_path):
                           gradient_accumulation_steps=4, learning_rate=0.01, num_train_epochs=3)
     # label tokens in the epoch: sum(length - 1 for the masked first label) = 27, for 4 micro-batches x 3 epochs
     tokens = sum(n - 1 for n in LM_LENGTHS)
-    # raytrainer probes the model once (no count) in its constructor, then 12 micro-batches; then
-    # transformers' 12 micro-batches: every training forward got the whole window's count
-    assert seen == [None] + [tokens] * 24
+    # raytrainer probes the model in its constructor (no count, then the first row's label tokens
+    # and twice that: the loss divides by the count), then 12 micro-batches; then transformers' 12
+    # micro-batches: every training forward got the whole window's count
+    first = int((torch.tensor(rows[0]["labels"]) != -100).sum())
+    assert seen == [None, first, 2 * first] + [tokens] * 24
+    assert results["ours"][0].model_accepts_loss_kwargs is True
     _assert_same_weights(results)
     _assert_same_losses(results)
     assert results["ours"][0].state.global_step == 3

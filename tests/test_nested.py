@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from raytrainer.loop.nested import (
+from raytrainer.nested import (
     EvalLoopContainer,
     find_batch_size,
     move_to_device,

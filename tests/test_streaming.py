@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
-from conftest import RegressionDataset, RegressionModel
+from conftest import RegressionDataset, RegressionModel, assert_same_logs
 from ray.train import ScalingConfig
 
 import raytrainer
@@ -27,7 +27,7 @@ from raytrainer.data.stream_batches import (
     columns_to_tensors,
     row_range_batches,
 )
-from raytrainer.data.stream_trainer import torch_trainer_data
+from raytrainer.data.stream_shards import torch_trainer_data
 from raytrainer.runtime.payload import blueprint_of
 
 TESTS = os.path.dirname(__file__)
@@ -104,9 +104,8 @@ def test_stream_trains_the_same_weights_as_the_torch_dataset(make_args):
 
     assert stream_run.state.global_step == torch_run.state.global_step == 4  # 8 batches (the last of 2 rows)
     _same_parameters(model, twin, atol=1e-6)
-    for theirs, ours in zip(torch_run.state.log_history, stream_run.state.log_history):
-        for key in ("loss", "grad_norm", "learning_rate", "eval_loss", "epoch", "step"):
-            assert ours.get(key) == pytest.approx(theirs.get(key), rel=1e-5), key
+    assert_same_logs(stream_run.state.log_history, torch_run.state.log_history,
+                     ("loss", "grad_norm", "learning_rate", "eval_loss", "epoch", "step"))
 
 
 def test_epoch_strategies_on_a_parquet_stream_match_a_map_style_run(tmp_path, make_args):

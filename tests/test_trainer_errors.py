@@ -3,19 +3,10 @@
 import pytest
 import torch
 import torch.nn as nn
-from conftest import RegressionDataset, RegressionModel
+from conftest import NoLossModel, RegressionDataset, RegressionModel
 from ray.train import ScalingConfig
 
 from raytrainer import EarlyStoppingCallback, Trainer, TrainingArguments
-
-
-class NoLossModel(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(4, 1)
-
-    def forward(self, x, labels=None):
-        return {"logits": self.linear(x)}
 
 
 class Stream(torch.utils.data.IterableDataset):
@@ -141,7 +132,7 @@ def test_unused_columns_removed_and_kept_when_disabled(make_args):
 
 
 def test_default_scaling_is_local_mode_off_cluster(monkeypatch):
-    from raytrainer._trainer_setup import is_local_mode, resolve_scaling_config
+    from raytrainer.runtime.scaling import is_local_mode, resolve_scaling_config
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert resolve_scaling_config(None).num_workers == 0 and is_local_mode(None)

@@ -157,8 +157,11 @@ def test_num_items_in_batch_counts_label_tokens_of_the_whole_window(make_args):
     order = torch.randperm(8, generator=torch.Generator().manual_seed(3)).tolist()
     counts = [int((data[i]["labels"] != -100).sum()) for i in order]
     window = [sum(counts[0:4]), sum(counts[4:8])]
-    # the constructor's probe call comes first (no count), then 2 windows x 2 micro-batches
-    assert model.seen_num_items[1:] == [window[0], window[0], window[1], window[1]]
+    # the constructor's probe comes first: once without a count, then with the first example's
+    # label tokens and twice that (it measures that the loss divides by it); then 2 windows x 2
+    first = int((data[0]["labels"] != -100).sum())
+    assert model.seen_num_items[:3] == [None, first, 2 * first]
+    assert model.seen_num_items[3:] == [window[0], window[0], window[1], window[1]]
 
 
 def test_logging_nan_inf_filter_replaces_bad_losses(make_args):

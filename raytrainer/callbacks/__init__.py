@@ -21,6 +21,12 @@ from raytrainer.callbacks.progress import (
 DEFAULT_CALLBACKS = [DefaultFlowCallback]
 DEFAULT_PROGRESS_CALLBACK = ProgressCallback
 
+
+def default_callback_handler(args, callbacks, model, processing_class, optimizer, lr_scheduler) -> CallbackHandler:
+    """The Trainer's handler: the default flow, the user's callbacks, then the progress display."""
+    all_callbacks = list(DEFAULT_CALLBACKS) + list(callbacks or []) + [progress_callback_class(args)]
+    return CallbackHandler(all_callbacks, model, processing_class, optimizer, lr_scheduler)
+
 __all__ = [
     "CallbackHandler",
     "DEFAULT_CALLBACKS",
@@ -33,6 +39,7 @@ __all__ = [
     "ProgressCallback",
     "StepDecisions",
     "TrainerCallback",
+    "default_callback_handler",
     "epoch_end_decisions",
     "format_logs",
     "progress_callback_class",

@@ -48,6 +48,8 @@ def step_end_decisions(args, state) -> StepDecisions:
     )
     save = args.save_strategy == "steps" and _every(step, state.save_steps)
     stop = step >= state.max_steps
+    if stop and args.eval_strategy == "steps" and _eval_delay(args) <= step:
+        evaluate = True  # HF v5: the final model is evaluated even off the eval_steps grid
     if stop and args.save_strategy == "steps":
         save = True  # the run always ends with a checkpoint when saving by steps
     return StepDecisions(log=log, evaluate=evaluate, save=save, stop=stop)

@@ -41,10 +41,12 @@ class NotebookProgressCallback(TrainerCallback):
         self._last_loss = None
         self._start = self._last_draw = 0.0
         self._step, self._max_steps = 0, 0
+        self._training = False  # the table belongs to one training run; later evaluations add no row
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
+        self._training = True
         self._evaluates = str(args.eval_strategy) != "no"
         if self._evaluates and "Validation Loss" not in self._columns:
             self._columns.append("Validation Loss")
@@ -58,7 +60,7 @@ class NotebookProgressCallback(TrainerCallback):
             self._draw()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if not state.is_world_process_zero or not logs or not self._training:
             return
         if "loss" in logs:
             self._last_loss = logs["loss"]
@@ -73,6 +75,7 @@ class NotebookProgressCallback(TrainerCallback):
         if state.is_world_process_zero:
             self._step = state.global_step
             self._draw(force=True)
+            self._training = False
 
     def _add_row(self, state, eval_metrics: dict):
         row = {"Step": state.global_step, "Epoch": round(state.epoch or 0, 2), "Training Loss": self._last_loss}

@@ -47,9 +47,9 @@ def record_best_checkpoint(trainer, root: str) -> None:
         state.best_model_checkpoint = candidate
 
 
-def load_best_model(trainer) -> None:
-    path = trainer.state.best_model_checkpoint
+def load_best_model(model, path: str) -> None:
+    """``load_best_model_at_end``: the weights of the best checkpoint at ``path`` into ``model``."""
     if not os.path.isdir(path):
         warnings.warn(f"load_best_model_at_end: the best checkpoint {path} is gone; keeping the last weights.")
         return
-    load_weights(trainer.model, path)
+    load_weights(model, path)

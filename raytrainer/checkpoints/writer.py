@@ -18,16 +18,7 @@ from .layout import (
     rotate_checkpoints,
     sorted_checkpoints,
 )
-from .sinks import LocalSink
 from .weights import save_weights
-
-
-def checkpoint_root(trainer, trial=None) -> str:
-    """Where this run's checkpoints go: ``output_dir``, or ``output_dir/run-<trial>`` in a search."""
-    run_name = getattr(trainer, "_trial_run_name", None)
-    if trial is not None and run_name:
-        return os.path.join(trainer.args.output_dir, run_name)
-    return trainer.args.output_dir
 
 
 def save_model_folder(trainer, output_dir: str) -> None:
@@ -39,21 +30,21 @@ def save_model_folder(trainer, output_dir: str) -> None:
     _write_text(os.path.join(output_dir, TRAINING_ARGS_NAME), trainer.args.to_json_string())
 
 
-def save_checkpoint(trainer, model, trial=None) -> str:
-    """Write ``checkpoint-<global_step>`` and rotate older ones; returns its path.
+def save_checkpoint(trainer, model, run) -> str:
+    """Write ``checkpoint-<global_step>`` through ``run.sink`` and rotate older ones; returns its path.
 
     Processes that save (rank 0, or each node's first with ``save_on_each_node``) write the
     replicated state: weights, optimizer, scheduler, trainer state. Every rank writes its own RNG
     state. The folder appears under its final name only once complete."""
     args, state = trainer.args, trainer.state
-    sink = checkpoint_sink(trainer, trial)
+    sink = run.sink
     writes_shared = args.should_save
     staging = sink.stage(state.global_step, writes_shared)
     _save_rng_state(staging, args.process_index)
     if writes_shared:
         save_weights(model, staging, args.save_safetensors)
         if not args.save_only_model:
-            _save_training_objects(trainer, staging)
+            _save_training_objects(trainer, run.scaler, staging)
         record_best_checkpoint(trainer, sink.root)
         state.stateful_callbacks = callback_states(trainer)
         state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
@@ -64,17 +55,11 @@ def save_checkpoint(trainer, model, trial=None) -> str:
     return final
 
 
-def checkpoint_sink(trainer, trial=None):
-    """The trainer's sink (set by the Ray worker runtime), or a local one under ``output_dir``."""
-    sink = getattr(trainer, "_checkpoint_sink", None)
-    return sink if sink is not None else LocalSink(checkpoint_root(trainer, trial))
-
-
-def _save_training_objects(trainer, folder: str) -> None:
+def _save_training_objects(trainer, scaler, folder: str) -> None:
     torch.save(trainer.optimizer.state_dict(), os.path.join(folder, OPTIMIZER_NAME))
     torch.save(trainer.lr_scheduler.state_dict(), os.path.join(folder, SCHEDULER_NAME))
-    if trainer.scaler is not None:
-        torch.save(trainer.scaler.state_dict(), os.path.join(folder, SCALER_NAME))
+    if scaler is not None:
+        torch.save(scaler.state_dict(), os.path.join(folder, SCALER_NAME))
 
 
 def rng_state_name(rank: int) -> str:
@@ -113,12 +98,12 @@ def _write_text(path: str, text: str) -> None:
         f.write(text)
 
 
-def finalize_checkpoints(trainer, trial=None) -> None:
+def finalize_checkpoints(args, best, root: str) -> None:
     """At the end of training with ``save_total_limit=1``, the latest checkpoint was only kept
-    beside the best one so that training could resume; now only the best one stays (HF)."""
-    args, best = trainer.args, trainer.state.best_model_checkpoint
+    beside the best one (``best``) so that training could resume; now only the best one stays
+    under ``root`` (HF)."""
     if not (args.should_save and best is not None and args.save_total_limit == 1):
         return
-    for path in sorted_checkpoints(checkpoint_sink(trainer, trial).root):
+    for path in sorted_checkpoints(root):
         if os.path.abspath(path) != os.path.abspath(best):
             shutil.rmtree(path, ignore_errors=True)

@@ -260,3 +260,11 @@ class DataCollatorWithPadding:
             if key in batch:
                 batch["labels"] = batch.pop(key)
         return batch
+
+
+def default_collator_for(processing_class):
+    """The Trainer's collator when none is given: padding when the processing class can pad (a
+    tokenizer), else ``default_data_collator``."""
+    if processing_class is not None and callable(getattr(processing_class, "pad", None)):
+        return DataCollatorWithPadding(processing_class)
+    return default_data_collator

@@ -1,7 +1,7 @@
 """Per-rank batch iterables over a Ray Data stream, and the collate step that turns Ray's
 Arrow batches into model inputs.
 
-This module imports Ray Data, so :mod:`raytrainer.data.stream_trainer` imports it only once a
+This module imports Ray Data, so :mod:`raytrainer.data.stream_shards` imports it only once a
 stream is actually read. The iterables look like a DataLoader to the loops: iteration yields dict
 batches already on the worker's device, ``len()`` (when the row count is known) is the number of
 batches this rank will yield, and ``set_epoch`` picks the epoch's shuffle seed.
@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from ..loop.nested import move_to_device
+from ..nested import move_to_device
 from .collators import default_data_collator
 from .columns import _no_column_left_error
 

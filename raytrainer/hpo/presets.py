@@ -11,8 +11,9 @@ import yaml
 from .spaces import PARAM_KINDS, ParamSpec, SearchSpace
 
 PRESET_PATH_ENV = "RAYTRAINER_SEARCHSPACES"  # extra folders of presets, os.pathsep-separated
-_REPO_PRESETS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                             "searchspaces")
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_INSTALLED_PRESETS = os.path.join(_PACKAGE, "searchspaces")  # a built wheel carries them here (setup.py)
+_REPO_PRESETS = os.path.join(os.path.dirname(_PACKAGE), "searchspaces")  # a checkout (editable install)
 _TOP_KEYS = {"description", "parameters"}
 _KEYS = {
     "float": {"type", "low", "high", "log", "step"},
@@ -32,7 +33,7 @@ class _Problem(ValueError):
 
 def preset_folders() -> list:
     extra = [p for p in os.environ.get(PRESET_PATH_ENV, "").split(os.pathsep) if p]
-    folders = extra + [os.path.join(os.getcwd(), "searchspaces"), _REPO_PRESETS]
+    folders = extra + [os.path.join(os.getcwd(), "searchspaces"), _INSTALLED_PRESETS, _REPO_PRESETS]
     return list(dict.fromkeys(os.path.abspath(folder) for folder in folders))
 
 

@@ -2,14 +2,12 @@
 with the trial's TrainingArguments, trained with ``model_init(trial)``, its objective, its best
 checkpoint, and a ``trial_result.json`` beside its checkpoints in ``output_dir/<run name>/``."""
 
-import contextlib
 import copy
 import json
 import logging
 import math
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -44,7 +42,7 @@ class TrialSetup:
         return os.path.join(self.output_dir, run_name)
 
 
-def build_trial_trainer(setup: TrialSetup, params: dict, run_name: str, run_config=None, extra_callbacks=()):
+def build_trial_trainer(setup: TrialSetup, params: dict, run_config=None, extra_callbacks=()):
     """A Trainer of the user's class for one trial: same constructor call, trial arguments, its
     own copies of the callbacks (trials may run side by side), no progress display."""
     arguments = dict(setup.blueprint.arguments)
@@ -56,7 +54,6 @@ def build_trial_trainer(setup: TrialSetup, params: dict, run_name: str, run_conf
         trainer.remove_callback(callback)
     for callback in extra_callbacks:
         trainer.add_callback(callback)
-    trainer._trial_run_name = run_name
     return trainer
 
 
@@ -79,9 +76,8 @@ def run_trial(setup: TrialSetup, trial, *, run_config=None, resume: bool = False
     checkpoint = latest_complete_checkpoint(run_dir) if resume and os.path.isdir(run_dir) else None
     trainer = None
     try:
-        trainer = build_trial_trainer(setup, trial.params, trial.run_name, run_config, extra_callbacks)
-        with _quiet_ray_train():
-            output = trainer.train(resume_from_checkpoint=checkpoint, trial=trial)
+        trainer = build_trial_trainer(setup, trial.params, run_config, extra_callbacks)
+        output = trainer.train(resume_from_checkpoint=checkpoint, trial=trial)
         points = evaluation_points(trainer.state.log_history)
         if not points:
             metrics = trainer.evaluate()
@@ -167,30 +163,6 @@ def saved_best_model_checkpoint(run_dir: str) -> Optional[str]:
             return json.load(f).get("best_model_checkpoint")
     except (OSError, ValueError):
         return None
-
-
-_QUIET = {"depth": 0, "level": logging.NOTSET}
-_QUIET_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _quiet_ray_train():
-    """Ray Train's per-run INFO lines ("Running in local mode", reported metrics) would repeat
-    for every trial; the search writes its own table. Concurrent trials (Optuna's ``n_jobs``)
-    share the logger: the first one in lowers it, the last one out restores it."""
-    train_logger = logging.getLogger("ray.train")
-    with _QUIET_LOCK:
-        if _QUIET["depth"] == 0:
-            _QUIET["level"] = train_logger.level
-            train_logger.setLevel(max(train_logger.level, logging.WARNING))
-        _QUIET["depth"] += 1
-    try:
-        yield
-    finally:
-        with _QUIET_LOCK:
-            _QUIET["depth"] -= 1
-            if _QUIET["depth"] == 0:
-                train_logger.setLevel(_QUIET["level"])
 
 
 def write_record(run_dir: str, record: TrialRecord) -> None:

@@ -7,9 +7,9 @@ import torch
 
 from ..outputs import EvalLoopOutput, EvalPrediction, denumpify_detensorize
 from ..modeling import unwrap_model
-from .distributed import broadcast_from_rank_zero, gather_objects, is_distributed, merge_rank_outputs
-from .nested import EvalLoopContainer, find_batch_size, nested_detach
-from .precision import choose_precision
+from ..overrides import OverrideCalls
+from .collectives import broadcast_from_rank_zero, gather_objects, is_distributed, merge_rank_outputs
+from ..nested import EvalLoopContainer, find_batch_size, nested_detach
 
 
 def run_prediction_step(trainer, model, inputs, prediction_loss_only: bool, ignore_keys=None):
@@ -42,7 +42,7 @@ def run_prediction_step(trainer, model, inputs, prediction_loss_only: bool, igno
                 outputs = model(**inputs)
             logits = _logits_of(outputs, ignore_keys, skip_first=False)
             if trainer.args.past_index >= 0:
-                trainer._past = outputs[trainer.args.past_index - 1]
+                trainer._remember_past(outputs[trainer.args.past_index - 1])
     if prediction_loss_only:
         return loss, None, None
     logits = nested_detach(logits)
@@ -59,22 +59,38 @@ def _logits_of(outputs, ignore_keys, skip_first: bool):
     return outputs
 
 
-def run_evaluation_loop(trainer, dataloader, description, prediction_loss_only, ignore_keys, prefix):
+def run_evaluation_loop(trainer, run, dataloader, description, prediction_loss_only, ignore_keys, prefix):
+    """The evaluation loop with ``run`` bound to the Trainer: the training run's state during
+    training, a fresh evaluation state otherwise (evaluation precision, its own ``past``)."""
     args = trainer.args
     if prediction_loss_only is None:
         prediction_loss_only = args.prediction_loss_only
     # never the DDP wrapper: ranks may see different numbers of eval batches, and a DDP forward
     # can start collectives (buffer broadcasts) that would then wait forever
     model = _without_ddp(trainer.model_wrapped) if trainer.is_in_train else trainer.model
-    precision_before = trainer._precision
     if not trainer.is_in_train:
         model.to(args.device)
-        trainer._precision = choose_precision(args, args.device, training=False)
-    batch_size = dataloader.batch_size
     model.eval()
     trainer.callback_handler.eval_dataloader = dataloader
-    if args.past_index >= 0:
-        trainer._past = None
+    past_before, run.past = run.past, None
+    try:
+        with trainer._running(run):
+            arrays, observed, metrics = _evaluate_batches(trainer, model, dataloader, prediction_loss_only,
+                                                          ignore_keys)
+    finally:
+        run.past = past_before
+        if trainer.is_in_train:
+            # training_step only calls .train() on a model not in training mode; the evaluation put
+            # the inner module (not a DDP/compile wrapper) in eval mode, so restore it here
+            trainer.model_wrapped.train()
+    return _gathered_output(trainer, arrays, _count_samples(dataloader, observed), metrics, prefix)
+
+
+def _evaluate_batches(trainer, model, dataloader, prediction_loss_only, ignore_keys):
+    """Every batch through ``prediction_step``; returns ``(arrays, examples seen, metrics)``
+    (metrics only under ``batch_eval_metrics``)."""
+    args = trainer.args
+    batch_size = dataloader.batch_size
     concat, pad = args.eval_do_concat_batches, -100
     losses, preds, labels_store, inputs_store = (EvalLoopContainer(concat, pad) for _ in range(4))
     wants_inputs = "inputs" in (args.include_for_metrics or [])
@@ -82,48 +98,40 @@ def run_evaluation_loop(trainer, dataloader, description, prediction_loss_only, 
     metrics, observed = None, 0
     num_batches = len(dataloader) if hasattr(dataloader, "__len__") else None
     main_input = getattr(unwrap_model(model), "main_input_name", "input_ids")  # looked up once
-    try:
-        for step, inputs in enumerate(dataloader):
-            observed_batch = find_batch_size(inputs)
-            if observed_batch is not None:
-                observed += observed_batch
-                batch_size = batch_size or observed_batch
-            loss, logits, labels = trainer.prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
-            batch_inputs = inputs.get(main_input) if wants_inputs and isinstance(inputs, Mapping) else None
-            if loss is not None:
-                losses.add(loss.repeat(observed_batch or batch_size or 1))
-            if batch_inputs is not None:
-                inputs_store.add(batch_inputs)
-            if logits is not None and trainer.preprocess_logits_for_metrics is not None:
-                logits = trainer.preprocess_logits_for_metrics(logits, labels)
-            if logits is not None:
-                preds.add(logits)
-            if labels is not None:
-                labels_store.add(labels)
-            trainer.control = trainer.callback_handler.on_prediction_step(args, trainer.state, trainer.control)
-            if args.batch_eval_metrics:
-                if trainer.compute_metrics is not None and logits is not None and labels is not None:
-                    is_last = num_batches is not None and step == num_batches - 1
-                    metrics = trainer.compute_metrics(
-                        EvalPrediction(logits, labels, inputs=inputs if wants_inputs else None,
-                                       losses=loss if wants_losses else None),
-                        compute_result=is_last,
-                    )
-                for store in (losses, preds, labels_store, inputs_store):
-                    store.tensors = None  # keep nothing: the metric function accumulated it
-            elif args.eval_accumulation_steps is not None and (step + 1) % args.eval_accumulation_steps == 0:
-                for store in (losses, preds, labels_store, inputs_store):
-                    store.to_cpu_and_numpy()
-    finally:
-        trainer._precision = precision_before
-        if trainer.is_in_train:
-            # training_step only calls .train() on a model not in training mode; the evaluation put
-            # the inner module (not a DDP/compile wrapper) in eval mode, so restore it here
-            trainer.model_wrapped.train()
-    if args.past_index >= 0:
-        trainer._past = None
+    calls = OverrideCalls(trainer)
+    for step, inputs in enumerate(dataloader):
+        observed_batch = find_batch_size(inputs)
+        if observed_batch is not None:
+            observed += observed_batch
+            batch_size = batch_size or observed_batch
+        loss, logits, labels = calls.prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        batch_inputs = inputs.get(main_input) if wants_inputs and isinstance(inputs, Mapping) else None
+        if loss is not None:
+            losses.add(loss.repeat(observed_batch or batch_size or 1))
+        if batch_inputs is not None:
+            inputs_store.add(batch_inputs)
+        if logits is not None and trainer.preprocess_logits_for_metrics is not None:
+            logits = trainer.preprocess_logits_for_metrics(logits, labels)
+        if logits is not None:
+            preds.add(logits)
+        if labels is not None:
+            labels_store.add(labels)
+        trainer.control = trainer.callback_handler.on_prediction_step(args, trainer.state, trainer.control)
+        if args.batch_eval_metrics:
+            if trainer.compute_metrics is not None and logits is not None and labels is not None:
+                is_last = num_batches is not None and step == num_batches - 1
+                metrics = trainer.compute_metrics(
+                    EvalPrediction(logits, labels, inputs=inputs if wants_inputs else None,
+                                   losses=loss if wants_losses else None),
+                    compute_result=is_last,
+                )
+            for store in (preds, labels_store, inputs_store):
+                store.clear()  # keep nothing: the metric function accumulated it
+        elif args.eval_accumulation_steps is not None and (step + 1) % args.eval_accumulation_steps == 0:
+            for store in (losses, preds, labels_store, inputs_store):
+                store.to_cpu_and_numpy()
     arrays = tuple(s.get_arrays() for s in (losses, preds, labels_store, inputs_store))
-    return _gathered_output(trainer, arrays, _count_samples(dataloader, observed), metrics, prefix)
+    return arrays, observed, metrics
 
 
 def _gathered_output(trainer, arrays, num_samples, metrics, prefix):

@@ -7,24 +7,46 @@ marked ``# sync``: on log steps, and when a NaN/Inf filter or a scalar learning 
 
 import math
 import time
-from typing import Optional
 
 import torch
 
 from .. import checkpoints as _checkpoint
 from ..data.loaders import has_length, set_dataloader_epoch
-from ..modeling import unwrap_model
 from ..enums import SaveStrategy, SchedulerType
 from ..outputs import TrainOutput, speed_metrics
+from ..overrides import OverrideCalls
 from ..state import TrainerState
-from .features import prepare_model_for_training, release_training_features
+from .collectives import sum_over_ranks
+from .model_setup import prepare_model_for_training
 from .plan import accumulation_windows, plan_training
-from .precision import choose_precision
+from .run_state import RunState, TrainRequest
 
 
-def fetch_batches(trainer, epoch_iterator, num_batches: int, device=None):
-    """Take up to ``num_batches`` micro-batches, and count the label tokens across them when the
-    loss wants ``num_items_in_batch`` (a token-level loss normalised over the whole window)."""
+def run_training(trainer, context, request: TrainRequest) -> TrainOutput:
+    """One ``train()`` on this process, in the given execution context; retried with smaller
+    batches after out-of-memory errors when ``auto_find_batch_size`` is set (accelerate's search:
+    x0.9 per retry)."""
+
+    def attempt(batch_size: int):
+        trainer._reset_given_optimizers()  # a retry starts afresh: the schedule depends on the batch size
+        return TrainingLoop(trainer, context, request, batch_size).run()
+
+    start = trainer._train_batch_size  # HF's attribute: a batch size found earlier is tried first
+    if trainer.args.auto_find_batch_size:
+        from accelerate.utils import find_executable_batch_size
+
+        output = find_executable_batch_size(attempt, starting_batch_size=start)()
+    else:
+        output = attempt(start)
+    context.finish(trainer, output)
+    return output
+
+
+def fetch_batches(epoch_iterator, num_batches: int, *, count_items: bool, shifts_labels: bool,
+                  across_ranks: bool, device):
+    """Take up to ``num_batches`` micro-batches; with ``count_items``, also count the label tokens
+    across them (``num_items_in_batch``: a token-level loss normalised over the whole window),
+    summed over every rank when ``across_ranks``."""
     batches = []
     for _ in range(num_batches):
         try:
@@ -32,12 +54,11 @@ def fetch_batches(trainer, epoch_iterator, num_batches: int, device=None):
         except StopIteration:
             break
     count = None
-    wants_count = trainer.model_accepts_loss_kwargs or trainer.compute_loss_func is not None
-    if wants_count and batches and isinstance(batches[0], dict) and "labels" in batches[0]:
-        count = sum(_counted_labels(batch, trainer._signature.shifts_labels).ne(-100).sum() for batch in batches)
-        if trainer.args.average_tokens_across_devices and trainer.args.world_size > 1:
-            count = _all_reduce_sum(count.to(trainer.args.device))
-        count = count.to(device or trainer.args.device)
+    if count_items and batches and isinstance(batches[0], dict) and "labels" in batches[0]:
+        count = sum(_counted_labels(batch, shifts_labels).ne(-100).sum() for batch in batches)
+        if across_ranks:
+            count = sum_over_ranks(count.to(device))
+        count = count.to(device)
     return batches, count
 
 
@@ -49,21 +70,19 @@ def _counted_labels(batch, shifts_labels: bool):
     return batch["labels"][..., 1:] if shifts_labels else batch["labels"]
 
 
-def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-    return tensor
-
-
 class TrainingLoop:
-    """One call of ``Trainer.train()`` on one worker. Mutable loop state lives in ``trainer.state``
-    and ``trainer.control``; the running loss sum is the only other accumulator."""
+    """One call of ``Trainer.train()`` on one worker, with one batch size. Mutable loop state lives
+    in ``trainer.state`` and ``trainer.control``, the per-run objects in ``self.run`` (bound to the
+    Trainer while training); the running loss sum is the only other accumulator."""
 
-    def __init__(self, trainer, resume_from_checkpoint: Optional[str], trial, ignore_keys_for_eval):
+    def __init__(self, trainer, context, request: TrainRequest, train_batch_size: int):
         self.trainer = trainer
         self.args = trainer.args
-        self.resume_from_checkpoint = resume_from_checkpoint
-        self.trial = trial
-        self.ignore_keys_for_eval = ignore_keys_for_eval
+        self.context = context
+        self.resume_from_checkpoint = request.resume_from_checkpoint
+        self.trial = request.trial
+        self.ignore_keys_for_eval = request.ignore_keys_for_eval
+        self.run_state = RunState.for_training(trainer.args, context, train_batch_size)
         self.tr_loss = None  # device tensor; summed every micro-step, read on log steps only
         self.total_loss_scalar = 0.0
         self.globalstep_last_logged = 0
@@ -72,10 +91,19 @@ class TrainingLoop:
 
     # ------------------------------------------------------------------ set-up
     def run(self) -> TrainOutput:
+        extra_callbacks = self.context.loop_callbacks(self.trainer)
+        for callback in extra_callbacks:
+            self.trainer.add_callback(callback)
+        try:
+            with self.trainer._running(self.run_state):
+                return self._train()
+        finally:
+            for callback in extra_callbacks:
+                self.trainer.remove_callback(callback)
+
+    def _train(self) -> TrainOutput:
         trainer, args = self.trainer, self.args
         trainer.is_in_train = True
-        trainer._past = None
-        trainer._device = args.device
         dataloader = trainer.get_train_dataloader()
         batches_per_epoch = len(dataloader) if has_length(dataloader) else None
         plan = plan_training(
@@ -87,9 +115,7 @@ class TrainingLoop:
             dataset_size=trainer.num_examples(dataloader) if batches_per_epoch is not None else None,
         )
         trainer.state = self._fresh_state(plan)
-        trainer._precision = choose_precision(args, args.device, training=True)
-        trainer.scaler = trainer._precision.scaler
-        model = prepare_model_for_training(trainer)
+        model = prepare_model_for_training(trainer, self.run_state)
         trainer.create_optimizer_and_scheduler(num_training_steps=plan.max_steps)
         epochs_trained, batches_to_skip = 0, 0
         if self.resume_from_checkpoint is not None:
@@ -111,27 +137,23 @@ class TrainingLoop:
         try:
             self._run_epochs(model, dataloader, plan, epochs_trained, batches_to_skip, start_time)
         finally:
-            release_training_features(trainer)
+            self.run_state.release()
         return self._finish(plan, start_time)
 
     def _resolve_per_step_hooks(self, model):
         """Look up once what the per-step code would otherwise look up every step."""
-        trainer, args = self.trainer, self.args
+        args = self.args
+        self.calls = OverrideCalls(self.trainer)
         self.on_cpu = args.device.type == "cpu"
         self.no_sync = getattr(model, "no_sync", None)
         self.count_tokens = args.include_num_input_tokens_seen or args.include_tokens_per_second
-        from ..trainer import Trainer  # the facade imports this module
-
-        # FLOPs are counted only when the model (or a Trainer subclass) can count them
-        overridden = type(trainer).floating_point_ops is not Trainer.floating_point_ops
-        self.count_flos = overridden or callable(getattr(unwrap_model(trainer.model), "floating_point_ops", None))
 
     def _fresh_state(self, plan) -> TrainerState:
         trainer = self.trainer
         state = TrainerState(
             max_steps=plan.max_steps,
             num_train_epochs=plan.num_train_epochs,
-            train_batch_size=trainer._train_batch_size,
+            train_batch_size=self.run_state.train_batch_size,
             is_hyper_param_search=self.trial is not None,
             trial_name=getattr(self.trial, "run_name", None),  # a search trial's name (its runs are named so)
             trial_params=getattr(self.trial, "params", None),
@@ -148,11 +170,10 @@ class TrainingLoop:
             set_dataloader_epoch(dataloader, epoch)
             steps_in_epoch = plan.batches_per_epoch or args.max_steps * args.gradient_accumulation_steps
             trainer.control = trainer.callback_handler.on_epoch_begin(args, trainer.state, trainer.control)
-            iterator = iter(dataloader)
-            skipped = _skip_batches(iterator, batches_to_skip if epoch == epochs_trained else 0)
+            iterator, skipped = _iterate_after(dataloader, batches_to_skip if epoch == epochs_trained else 0)
             step = skipped - 1
             for window in accumulation_windows(steps_in_epoch - skipped, args.gradient_accumulation_steps):
-                batches, num_items = trainer.get_batch_samples(iterator, window, trainer._device)
+                batches, num_items = self.calls.get_batch_samples(iterator, window, self.run_state.device)
                 if not batches:
                     break
                 # the last window of an epoch may be short: its loss is the mean over what it has
@@ -189,14 +210,13 @@ class TrainingLoop:
                 trainer.state.num_input_tokens_seen += inputs[main_input].numel()
         if self.no_sync is not None and not sync_gradients:
             with self.no_sync():  # DDP: all-reduce once per window, on its last micro-batch
-                loss = trainer.training_step(model, inputs, num_items)
+                loss = self.calls.training_step(model, inputs, num_items)
         else:
-            loss = trainer.training_step(model, inputs, num_items)
+            loss = self.calls.training_step(model, inputs, num_items)
         if args.logging_nan_inf_filter:
             loss = self._finite_or_running_mean(loss)
         self.tr_loss.add_(loss)
-        if self.count_flos:
-            trainer.current_flos += float(trainer.floating_point_ops(inputs))
+        self.run_state.flos += float(trainer.floating_point_ops(inputs))
 
     def _finite_or_running_mean(self, loss):
         """A non-finite loss is logged as the running mean, so one bad batch does not poison the
@@ -211,7 +231,7 @@ class TrainingLoop:
 
     def _optimizer_step(self, model):
         trainer, args = self.trainer, self.args
-        scaler = trainer.scaler
+        scaler = self.run_state.scaler
         if scaler is not None:
             scaler.unscale_(trainer.optimizer)
         # HF v5 logs the gradient norm even without clipping (an infinite max norm only measures)
@@ -244,7 +264,7 @@ class TrainingLoop:
             if self.args.save_strategy == SaveStrategy.BEST:
                 trainer.control.should_save = is_new_best
         if trainer.control.should_save:
-            folder = _checkpoint.save_checkpoint(trainer, model, self.trial)
+            folder = _checkpoint.save_checkpoint(trainer, model, self.run_state)
             trainer._push_from_checkpoint(folder)  # push_to_hub: a background upload, as hub_strategy says
             trainer.control = trainer.callback_handler.on_save(self.args, trainer.state, trainer.control,
                                                                checkpoint_folder=folder)
@@ -273,9 +293,7 @@ class TrainingLoop:
         trainer = self.trainer
         metrics = trainer.evaluate(ignore_keys=self.ignore_keys_for_eval)
         if self.trial is not None:
-            report = getattr(trainer, "_report_to_hp_search", None)
-            if report is not None:
-                report(self.trial, trainer.state.global_step, metrics)
+            trainer._report_to_hp_search(self.trial, trainer.state.global_step, metrics)
         if self.args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU and not skip_scheduler:
             trainer.lr_scheduler.step(_checkpoint.read_metric(metrics, _checkpoint.best_metric_name(self.args)))
         return metrics
@@ -284,7 +302,7 @@ class TrainingLoop:
     def _finish(self, plan, start_time) -> TrainOutput:
         trainer, args, state = self.trainer, self.args, self.trainer.state
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
-            _checkpoint.load_best_model(trainer)
+            _checkpoint.load_best_model(trainer.model, state.best_model_checkpoint)
         self.total_loss_scalar += self._gathered_mean(self.tr_loss).item()  # sync: once, at the end
         train_loss = self.total_loss_scalar / max(state.global_step, 0.001)
         tokens = state.num_input_tokens_seen if args.include_tokens_per_second else None
@@ -295,20 +313,28 @@ class TrainingLoop:
         metrics["train_loss"] = train_loss
         trainer.is_in_train = False
         trainer.log(metrics)  # adds "epoch" to the returned metrics too, as HF does
-        _checkpoint.finalize_checkpoints(trainer, self.trial)
+        _checkpoint.finalize_checkpoints(args, state.best_model_checkpoint, self.run_state.sink.root)
         trainer.control = trainer.callback_handler.on_train_end(args, state, trainer.control)
         trainer._finish_current_push()  # push_to_hub: training ends when its uploads have
         return TrainOutput(state.global_step, train_loss, metrics)
 
 
-def _skip_batches(iterator, count: int) -> int:
-    """Consume ``count`` batches of a resumed epoch; returns how many were really there."""
-    skipped = 0
+def _iterate_after(dataloader, count: int):
+    """An iterator over the epoch that starts after its first ``count`` batches (a resumed
+    epoch), and how many batches were really skipped. A sampler that can skip does so without
+    reading the batches (so a collator's randomness is not drawn twice); otherwise the batches
+    are read and discarded."""
+    sampler = getattr(dataloader, "sampler", None)
+    if count and callable(getattr(sampler, "skip_batches", None)) and getattr(dataloader, "batch_size", None):
+        count = min(count, sampler.num_batches())
+        sampler.skip_batches(count)
+        return iter(dataloader), count
+    iterator, skipped = iter(dataloader), 0
     for _ in range(count):
         try:
             next(iterator)
         except StopIteration:
             break
         skipped += 1
-    return skipped
+    return iterator, skipped
 

@@ -3,7 +3,7 @@ its constructor was called with, so each worker rebuilds the same Trainer (subcl
 included). Large objects inside travel through Ray's object store as one ``ray.put``."""
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..integrations import RebuiltCallbacks
 
@@ -11,13 +11,25 @@ from ..integrations import RebuiltCallbacks
 _DISPLAY_CALLBACK_NAMES = {"DefaultFlowCallback", "ProgressCallback", "PrinterCallback", "NotebookProgressCallback"}
 
 
+# What the driver found out about the model (its probe) and workers must not measure again.
+_DRIVER_FACTS = ("model_accepts_loss_kwargs",)
+
+
 @dataclass
 class TrainerBlueprint:
     trainer_cls: type
     arguments: dict  # constructor keyword -> value, as bound to the class's __init__ signature
+    facts: dict = field(default_factory=dict)  # public Trainer attributes the driver settled
 
     def build(self):
-        return self.trainer_cls(**self.arguments)
+        """The Trainer, rebuilt on a Ray worker: the driver's checks and probe are not repeated."""
+        from ..validation import checked_on_driver
+
+        with checked_on_driver():
+            trainer = self.trainer_cls(**self.arguments)
+        for name, value in self.facts.items():
+            setattr(trainer, name, value)
+        return trainer
 
 
 def blueprint_of(trainer) -> TrainerBlueprint:
@@ -40,7 +52,10 @@ def blueprint_of(trainer) -> TrainerBlueprint:
         scaling_config=None,
         run_config=None,
     )
-    return TrainerBlueprint(type(trainer), arguments)
+    for name in ("train_dataset", "eval_dataset"):  # as the driver holds them (Ray datasets become streams)
+        if name in arguments:
+            arguments[name] = getattr(trainer, name)
+    return TrainerBlueprint(type(trainer), arguments, {name: getattr(trainer, name) for name in _DRIVER_FACTS})
 
 
 def put_blueprint(blueprint: TrainerBlueprint):

@@ -2,7 +2,8 @@
 this process (``num_workers=0``) or on Ray Train workers (``scaling_config``).
 
 Evaluations are reported to the trial, so the study's pruner (Optuna's default: median) stops
-bad trials early. With ``storage=`` (an RDB URL or ``optuna.storages.JournalStorage``) plus
+bad trials early. Without a ``sampler``, Optuna's default one is seeded with
+``TrainingArguments.seed``, so a sweep repeats exactly. With ``storage=`` (an RDB URL or ``optuna.storages.JournalStorage``) plus
 ``study_name=`` and ``load_if_exists=True``, a restarted driver continues the study: ``n_trials``
 is the study's total, so only the trials still missing run. ``n_jobs`` runs trials side by side.
 """
@@ -10,7 +11,7 @@ is the study's total, so only the trials still missing run. ``n_jobs`` runs tria
 import os
 import threading
 
-from ..._trainer_setup import is_local_mode
+from ...runtime.scaling import is_local_mode
 from ..relay import RelayServer
 from ..results import TrialRecord
 from ..runner import clear_stale_run_dir, read_record, run_trial
@@ -34,6 +35,10 @@ def run_optuna_search(setup, space, n_trials: int, hp_name, options: dict):
     optimize_options = {k: v for k, v in options.items() if k in OPTIMIZE_OPTIONS}
     optimize_options.setdefault("catch", (Exception,))  # a failing trial is recorded, the sweep goes on
     directions = setup.directions
+    if study_options.get("sampler") is None:  # seeded, so the same command samples the same trials
+        seed = setup.base_args.seed
+        sampler = optuna.samplers.TPESampler if len(directions) == 1 else optuna.samplers.NSGAIISampler
+        study_options["sampler"] = sampler(seed=seed)
     if len(directions) == 1:
         study = optuna.create_study(direction=directions[0], **study_options)
     else:

@@ -10,7 +10,7 @@ unless ``search_alg`` is given; any Tune ``scheduler`` (ASHA, median stopping, .
 import math
 import os
 
-from ..._trainer_setup import is_local_mode
+from ...runtime.scaling import is_local_mode
 from ..results import TrialRecord
 from ..runner import read_record, run_trial, saved_best_model_checkpoint, trial_checkpoint
 from ..trial import (
@@ -32,12 +32,12 @@ def run_ray_search(setup, space, n_trials: int, hp_name, options: dict):
     """Run (or, with ``resume=True``, continue) the experiment; returns ``(records, ResultGrid)``."""
     from ray import tune
 
-    from ...runtime.distributed import ensure_ray
+    from ...runtime.ray_session import ensure_ray
 
     ensure_ray()
     metrics = objective_metric_names(len(setup.directions))
     modes = [direction[:3] for direction in setup.directions]
-    param_space, search_alg = _search(space, options, metrics, modes)
+    param_space, search_alg = _search(space, options, metrics, modes, default_seed=setup.base_args.seed)
     resources = trial_resources(setup, options.get("resources_per_trial"))
     trainable = tune.with_resources(tune.with_parameters(tune_trial, setup=setup, hp_name=hp_name), resources)
     single = len(metrics) == 1
@@ -47,6 +47,7 @@ def run_ray_search(setup, space, n_trials: int, hp_name, options: dict):
         max_concurrent_trials=options.get("max_concurrent_trials") or free_trial_slots(setup, resources),
         time_budget_s=options.get("time_budget_s", options.get("timeout")),
         reuse_actors=options.get("reuse_actors", is_local_mode(setup.scaling_config)),
+        trial_dirname_creator=trial_dirname,
     )
     storage_path = os.path.abspath(options.get("storage_path") or setup.output_dir)
     name = options.get("name") or "hp_search"
@@ -64,7 +65,24 @@ def run_ray_search(setup, space, n_trials: int, hp_name, options: dict):
     return [_record_of(setup, result, hp_name) for result in grid], grid
 
 
-def _search(space, options: dict, metrics: list, modes: list):
+def sampled_values(config: dict) -> dict:
+    """Every value sampled for a trial, once: what model_init suggested and the TrainingArguments
+    values (a define-by-run space's returned values sit under ``ARGS_KEY``)."""
+    return {**{k: v for k, v in config.items() if k != ARGS_KEY}, **config.get(ARGS_KEY, {})}
+
+
+def trial_dirname(trial) -> str:
+    """Tune's folder of a trial: ``run-<trial id>`` (like the trial's checkpoint folder) and each
+    sampled value once (Tune's own name would repeat those under ``ARGS_KEY``)."""
+    values = ",".join(f"{name}={_short(value)}" for name, value in sorted(sampled_values(trial.config).items()))
+    return f"run-{trial.trial_id}_{values}"[:120]
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _search(space, options: dict, metrics: list, modes: list, default_seed: int):
     """``(param_space, search_alg)``: a Tune dict goes to any search algorithm; a define-by-run
     function needs Optuna's, which runs it per trial and puts its values under ``ARGS_KEY``."""
     from ray.tune.search.optuna import OptunaSearch
@@ -72,7 +90,8 @@ def _search(space, options: dict, metrics: list, modes: list):
     search_alg = options.get("search_alg")
     single = len(metrics) == 1
     optuna_options = dict(metric=metrics[0] if single else metrics, mode=modes[0] if single else modes,
-                          sampler=options.get("sampler"), seed=options.get("seed"),
+                          sampler=options.get("sampler"),
+                          seed=options.get("seed", default_seed if options.get("sampler") is None else None),
                           points_to_evaluate=options.get("points_to_evaluate"))
     if isinstance(space, dict):
         if search_alg is None:
@@ -141,7 +160,7 @@ def tune_trial(config: dict, setup=None, hp_name=None) -> None:
 
     trial_id = ray.tune.get_context().get_trial_id()
     params = dict(config[ARGS_KEY]) if ARGS_KEY in config else dict(config)
-    sampled = {**{k: v for k, v in config.items() if k != ARGS_KEY}, **params}
+    sampled = sampled_values(config)
     run_name = hp_name(config) if hp_name is not None else f"run-{trial_id}"
     in_process = is_local_mode(setup.scaling_config)
     trial = SearchTrial(trial_id=trial_id, run_name=run_name, params=params, compute_objective=setup.compute_objective,
@@ -186,7 +205,7 @@ def _record_of(setup, result, hp_name) -> TrialRecord:
     run_dir = setup.run_dir(run_name)
     checkpoint, checkpoint_metrics = trial_checkpoint(run_dir, saved_best_model_checkpoint(run_dir), points,
                                                       history, setup.directions[0])
-    sampled = {**{k: v for k, v in config.items() if k != ARGS_KEY}, **config.get(ARGS_KEY, {})}
+    sampled = sampled_values(config)
     return TrialRecord(
         run_id=trial_id, run_name=run_name, status="failed" if result.error is not None else "stopped",
         objective=history[-1][1] if history else None, hyperparameters=sampled, history=history, checkpoint=checkpoint, checkpoint_metrics=checkpoint_metrics,

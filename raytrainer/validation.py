@@ -1,8 +1,16 @@
-"""Constructor-time work of the Trainer: default collator and callbacks, and every check that must
-fail before training starts (DESIGN.md §1: nothing validates late)."""
+"""Every check that must fail before any work starts, on the driver (DESIGN.md §1: nothing
+validates late). Each message names the argument, what is wrong and how to fix it.
 
+The constructor runs ``validate_trainer_inputs``; ``train()`` runs ``check_output_locations``
+before any Ray job starts. A Trainer rebuilt on a Ray worker (``checked_on_driver``) skips both:
+the driver already did them, with the driver's view of the run (its ``ScalingConfig``).
+"""
+
+import contextlib
+import contextvars
 import inspect
-from collections.abc import Mapping
+import os
+import tempfile
 
 import torch
 import torch.nn as nn
@@ -10,76 +18,29 @@ import torch.nn as nn
 from . import optim as _optim
 from . import schedules
 from .args import TrainingArguments
-from .callbacks import (
-    DEFAULT_CALLBACKS,
-    CallbackHandler,
-    EarlyStoppingCallback,
-    TrainerCallback,
-    progress_callback_class,
-)
-from .data import stream_trainer, streaming
-from .data.collators import DataCollatorWithPadding, default_data_collator
+from .callbacks import EarlyStoppingCallback, TrainerCallback
+from .data import stream_shards, streaming
 from .data.loaders import has_length
 from .enums import IntervalStrategy, SchedulerType
 from .loop.precision import choose_precision
+from .runtime.scaling import is_local_mode, num_workers
 
-# A model above this size is not probed with a trial forward pass in the constructor; its
-# "no loss returned" error comes from the first training step instead.
-_PROBE_MAX_PARAMETERS = 50_000_000
-
-
-def default_collator(processing_class):
-    """Padding collator when the processing class can pad (a tokenizer), else the default one."""
-    if processing_class is not None and callable(getattr(processing_class, "pad", None)):
-        return DataCollatorWithPadding(processing_class)
-    return default_data_collator
+_REBUILT_ON_WORKER = contextvars.ContextVar("raytrainer_rebuilt_on_worker", default=False)
 
 
-def build_callback_handler(trainer, callbacks) -> CallbackHandler:
-    from .integrations import added_callbacks
-
-    progress = progress_callback_class(trainer.args)
-    # report_to's integrations come after the user's callbacks, as in HF (a missing library fails here)
-    all_callbacks = list(DEFAULT_CALLBACKS) + list(callbacks or []) + added_callbacks(trainer, callbacks) + [progress]
-    return CallbackHandler(all_callbacks, trainer.model, trainer.processing_class,
-                           trainer.optimizer, trainer.lr_scheduler)
-
-
-def resolve_scaling_config(scaling_config):
-    """The ScalingConfig a run uses. Without one: a script or notebook attached to a Ray cluster
-    (``RAY_ADDRESS`` set, e.g. a job submitted to the cluster) trains on one Ray worker, with a GPU
-    when the cluster has one; anything else (a laptop, tests, a Ray Tune trial) uses Ray Train's
-    local mode in this process."""
-    from ray.train import ScalingConfig
-
-    if scaling_config is not None:
-        return scaling_config
-    if not _attached_to_cluster():
-        return ScalingConfig(num_workers=0)
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()
-    return ScalingConfig(num_workers=1, use_gpu=ray.cluster_resources().get("GPU", 0) > 0)
+@contextlib.contextmanager
+def checked_on_driver():
+    """Trainers built inside this block (on a Ray worker, from the driver's blueprint) skip the
+    driver's checks and the model probe."""
+    token = _REBUILT_ON_WORKER.set(True)
+    try:
+        yield
+    finally:
+        _REBUILT_ON_WORKER.reset(token)
 
 
-def _attached_to_cluster() -> bool:
-    import os
-
-    if not os.environ.get("RAY_ADDRESS"):
-        return False
-    import ray
-
-    # inside a Ray task or actor (a Tune trial, a Train worker) the run stays where it is
-    return not (ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None)
-
-
-def is_local_mode(scaling_config) -> bool:
-    """Whether the loop runs in this process. ``None`` counts as local unless this driver is
-    attached to a cluster (see ``resolve_scaling_config``)."""
-    if scaling_config is None:
-        return not _attached_to_cluster()
-    return scaling_config.num_workers in (0, None)
+def rebuilt_on_worker() -> bool:
+    return _REBUILT_ON_WORKER.get()
 
 
 def validate_trainer_inputs(trainer, optimizers, callbacks) -> None:
@@ -164,9 +125,12 @@ def _check_datasets(trainer) -> None:
     if args.eval_strategy != IntervalStrategy.NO and trainer.eval_dataset is None:
         raise ValueError(f"Trainer: eval_strategy='{args.eval_strategy}' needs an eval_dataset; pass one or set "
                          "eval_strategy='no'.")
-    stream_trainer.adopt_ray_datasets(trainer)  # a ray.data.Dataset is streamed with the default options
-    config = trainer.scaling_config
-    stream_trainer.check_streams(trainer, None if is_local_mode(config) else (config.num_workers if config else 1))
+    check_dataset_type(trainer.train_dataset, "train_dataset")
+    eval_sets = trainer.eval_dataset if isinstance(trainer.eval_dataset, dict) else {None: trainer.eval_dataset}
+    for key, dataset in eval_sets.items():
+        check_dataset_type(dataset, "eval_dataset" if key is None else f"eval_dataset[{key!r}]")
+    stream_shards.adopt_ray_datasets(trainer)  # a ray.data.Dataset is streamed with the default options
+    stream_shards.check_streams(trainer, num_workers(trainer.scaling_config))
     train = trainer.train_dataset
     if streaming.is_stream(train):
         return
@@ -175,6 +139,73 @@ def _check_datasets(trainer) -> None:
                          "TrainingArguments.max_steps to a positive number.")
     if train is not None and has_length(train) and len(train) == 0:
         raise ValueError("Trainer: train_dataset is empty.")
+    for key, dataset in eval_sets.items():
+        if dataset is not None and not streaming.is_stream(dataset) and has_length(dataset) and len(dataset) == 0:
+            name = "eval_dataset" if key is None else f"eval_dataset[{key!r}]"
+            raise ValueError(f"Trainer: {name} is empty; pass examples to evaluate on, or leave it out.")
+
+
+def check_dataset_type(dataset, name: str) -> None:
+    """A dataset is a map-style dataset (``__getitem__`` + ``__len__``), an iterable one, an HF
+    ``datasets`` dataset or a Ray Data stream; anything else is named with what to pass instead."""
+    if dataset is None or streaming.is_stream(dataset):
+        return
+    if isinstance(dataset, (str, os.PathLike)):
+        raise TypeError(
+            f"Trainer: {name} is the string {os.fspath(dataset)!r}, not a dataset (it would be read as a "
+            f"sequence of characters). For a parquet file or folder pass {name}=raytrainer.stream({os.fspath(dataset)!r}); "
+            "for other files load them first (e.g. datasets.load_dataset(...) or ray.data.read_csv(...)).")
+    if isinstance(dataset, dict):
+        raise TypeError(
+            f"Trainer: {name} is a dict with keys {sorted(map(str, dataset))[:5]}, not a dataset. Pass one "
+            f"dataset (for a DatasetDict, one split such as {name}=splits['train']); only eval_dataset takes a "
+            "dict of named datasets.")
+    if isinstance(dataset, (bytes, int, float, bool)):
+        raise TypeError(
+            f"Trainer: {name} is a {type(dataset).__name__} ({dataset!r}), not a dataset. Pass a torch Dataset "
+            "(with __getitem__ and __len__), an IterableDataset, a datasets.Dataset, a list of example dicts, or "
+            "raytrainer.stream(...).")
+    map_style = hasattr(dataset, "__getitem__") and has_length(dataset)
+    if not (map_style or isinstance(dataset, torch.utils.data.IterableDataset) or hasattr(dataset, "__iter__")):
+        raise TypeError(
+            f"Trainer: {name} ({type(dataset).__name__}) is not a dataset: it has neither __getitem__ with "
+            "__len__ nor __iter__. Pass a torch Dataset, an IterableDataset, a datasets.Dataset or "
+            "raytrainer.stream(...).")
+
+
+def check_output_locations(args) -> None:
+    """``output_dir`` can be created and written, and ``logging_dir`` could be: checked before any
+    Ray job starts, so a typo does not surface at the first save, minutes into training."""
+    output_dir = os.path.abspath(args.output_dir)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".raytrainer-write-check-"):
+            pass
+    except OSError as error:
+        raise PermissionError(
+            f"TrainingArguments.output_dir={args.output_dir!r} cannot be created or written ({error.strerror or error}); "
+            "checkpoints and results go there. Choose a folder you can write to.") from None
+    logging_dir = getattr(args, "logging_dir", None)
+    if logging_dir:
+        problem = _unwritable_reason(os.path.abspath(logging_dir))
+        if problem:
+            raise PermissionError(f"TrainingArguments.logging_dir={logging_dir!r} cannot be created: {problem}. "
+                                  "Choose a folder you can write to, or leave logging_dir unset.")
+
+
+def _unwritable_reason(path: str):
+    """Why ``path`` could not be created or written (None if it could), without creating it."""
+    existing = path
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
 
 
 def _check_training_features(trainer) -> None:
@@ -203,37 +234,3 @@ def _check_early_stopping(args, callbacks) -> None:
         raise ValueError("EarlyStoppingCallback needs TrainingArguments.metric_for_best_model.")
     if args.eval_strategy == IntervalStrategy.NO:
         raise ValueError("EarlyStoppingCallback needs an eval_strategy of 'steps' or 'epoch'.")
-
-
-def probe_model_returns_loss(trainer) -> None:
-    """Run one example through the model so a model that returns no loss fails here, not mid-run.
-
-    Skipped for large models and for subclasses that compute the loss themselves. The probe runs in
-    eval mode with gradients off and restores the RNG, so training is unaffected."""
-    from .trainer import Trainer
-
-    dataset = trainer.train_dataset
-    if (dataset is None or not has_length(dataset)
-            or type(trainer).compute_loss is not Trainer.compute_loss
-            or sum(p.numel() for p in trainer.model.parameters()) > _PROBE_MAX_PARAMETERS
-            or not is_local_mode(trainer.scaling_config)):
-        return
-    loader = trainer.get_train_dataloader()
-    example = loader.dataset[0]
-    if not isinstance(example, Mapping):
-        raise TypeError(
-            f"Trainer: train_dataset items must be dicts of model inputs, got {type(example).__name__}. Return "
-            "dicts such as {'input': x, 'labels': y}, or pass a data_collator that builds them."
-        )
-    batch = trainer._prepare_inputs(loader.collate_fn([example]))
-    model = trainer.model.to(trainer.args.device)
-    was_training = model.training
-    rng = torch.random.get_rng_state()
-    try:
-        model.eval()
-        with torch.no_grad():
-            trainer.compute_loss(model, batch)
-    finally:
-        torch.random.set_rng_state(rng)
-        model.train(was_training)
-

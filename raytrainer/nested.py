@@ -197,6 +197,10 @@ class EvalLoopContainer:
             self._arrays.extend(nested_numpify(batch) for batch in self._pending)
         self._pending = []
 
+    def clear(self) -> None:
+        """Forget everything added so far (``batch_eval_metrics`` keeps nothing)."""
+        self._pending, self._arrays = [], []
+
     def get_arrays(self):
         """Everything added so far as numpy (one tree, or a list per batch); None if empty."""
         self.to_cpu_and_numpy()

@@ -1,50 +1,36 @@
-"""Running the loop on Ray Train workers and bringing the result back to the driver."""
+"""Driver side of a run on Ray Train workers: ship the Trainer, run the ``TorchTrainer``, show the
+workers' progress live, and bring the trained weights and state back."""
 
-import os
 import pickle
-import sys
 
 import ray
 from ray.train.torch import TorchTrainer
 
-from ..data.stream_trainer import torch_trainer_data
+from ..data.stream_shards import torch_trainer_data
 from ..integrations import adopt_runs
 from ..modeling import unwrap_model
 from ..outputs import TrainOutput
 from ..state import TrainerState
 from .channel import DriverDisplay, RunChannel
-from .driver import RemoteJob, default_run_config, new_run_id
+from .jobs import RemoteJob, default_run_config, new_run_id
 from .payload import blueprint_of, put_blueprint
-from .worker import remote_train_loop
+from .ray_session import ensure_ray, quiet_datasets
+from .run_snapshot import forget_earlier_runs
+from .worker_entry import remote_train_loop
 
 
-def ensure_ray() -> None:
-    """Connect to the cluster in ``RAY_ADDRESS`` (or the one already joined), else start a local
-    Ray instance. A local instance gets this process's import path, so the modules a script
-    imports its model and dataset classes from import on the workers too."""
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
-    paths = [p for p in sys.path if p and os.path.isdir(p)]
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}})
-
-
-def run_on_workers(trainer, scaling_config, *, resume_from_checkpoint, trial, ignore_keys_for_eval) -> TrainOutput:
+def run_on_workers(trainer, scaling_config, request) -> TrainOutput:
     ensure_ray()
     blueprint_ref = put_blueprint(blueprint_of(trainer))
     channel = RunChannel.remote()
-    job = RemoteJob(blueprint_ref, channel, new_run_id(), resume_from_checkpoint, trial, ignore_keys_for_eval)
-    torch_trainer = TorchTrainer(
-        remote_train_loop,
-        train_loop_config={"job": job},
-        scaling_config=scaling_config,
-        run_config=trainer.run_config or default_run_config(trainer.args),
-        **torch_trainer_data(trainer, scaling_config),  # Ray Data streams: workers read get_dataset_shard(name)
-    )
+    job = RemoteJob(blueprint_ref, channel, new_run_id(), request)
+    run_config = trainer.run_config or default_run_config(trainer.args)
+    forget_earlier_runs(run_config)
+    data = torch_trainer_data(trainer, scaling_config)  # Ray Data streams: workers read get_dataset_shard(name)
+    torch_trainer = TorchTrainer(remote_train_loop, train_loop_config={"job": job}, scaling_config=scaling_config,
+                                 run_config=run_config, **data)
     try:
-        with DriverDisplay(trainer, channel):
+        with DriverDisplay(trainer, channel), quiet_datasets(data.get("datasets", {}), trainer.args):
             torch_trainer.fit()
     except ray.train.TrainingFailedError as error:
         raise _worker_exception(error) from error

@@ -19,9 +19,9 @@ TRAIN_NAME, EVAL_NAME = "train", "eval"
 
 
 def adopt_ray_datasets(trainer) -> None:
-    """Wrap each ``ray.data.Dataset`` given to the Trainer in a stream, on the Trainer and in its
-    recorded constructor call, so Ray workers rebuild the Trainer with the stream (its row count
-    settled once, here) and never receive the Ray dataset itself."""
+    """Wrap each ``ray.data.Dataset`` given to the Trainer in a stream, so Ray workers rebuild the
+    Trainer with the stream (its row count settled once, here; the blueprint takes the Trainer's
+    datasets) and never receive the Ray dataset itself."""
     adopted = {}
 
     def adopt(value):
@@ -33,10 +33,6 @@ def adopt_ray_datasets(trainer) -> None:
 
     trainer.train_dataset = adopt(trainer.train_dataset)
     trainer.eval_dataset = adopt(trainer.eval_dataset)
-    call = getattr(trainer, "_constructor_call", None)
-    if adopted and call is not None:
-        args, kwargs = call
-        trainer._constructor_call = (tuple(adopt(a) for a in args), {k: adopt(v) for k, v in kwargs.items()})
 
 
 def _eval_streams(eval_dataset) -> dict:
@@ -152,28 +148,15 @@ def torch_trainer_data(trainer, scaling_config=None) -> dict:
     return {"datasets": datasets, "dataset_config": DataConfig(datasets_to_split=split, execution_options=options)}
 
 
-def _in_train_run() -> bool:
-    import ray.train
-
-    try:
-        ray.train.get_context()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _read_source(trainer, stream: StreamingDataset, training: bool, description: str):
-    """Where this process reads the stream: its Ray Train shard while training (the name it was
-    registered under), else the driver's own dataset (evaluate/predict in this process)."""
+def _read_source(trainer, stream: StreamingDataset, training: bool, description: str, shard_of):
+    """Where this process reads the stream: its Ray Train shard while training (``shard_of(name)``
+    for the name it was registered under), else the driver's own dataset (evaluate/predict in
+    this process)."""
     name = next((name for name, (registered, is_training) in registered_streams(trainer).items()
                  if registered is stream and is_training == training), None)
-    if name is not None and trainer.is_in_train and _in_train_run():
-        import ray.train
-
-        try:
-            return ray.train.get_dataset_shard(name)
-        except (KeyError, AssertionError, AttributeError):
-            pass  # not handed to this run (workers raise KeyError, local mode asserts)
+    shard = shard_of(name) if name is not None and trainer.is_in_train else None
+    if shard is not None:
+        return shard
     if stream.on_driver and trainer.args.world_size == 1:
         return _prepared(trainer, stream, training, description)
     raise RuntimeError(
@@ -187,13 +170,13 @@ def _collate(trainer, stream, description):
     return StreamCollate(trainer.data_collator, kept_columns(trainer, stream, description), description)
 
 
-def train_batches(trainer, dataset):
-    """This rank's training batches (``len()`` = batches per epoch when the row count is known)."""
+def train_batches(trainer, dataset, batch_size: int, shard_of):
+    """This rank's training batches (``len()`` = batches per epoch when the row count is known);
+    ``shard_of(name)``: the run's Ray Train dataset shard of that name, or None."""
     from .stream_batches import SizedStreamBatches, StreamBatches
 
     stream, args = as_stream(dataset), trainer.args
-    batch_size = trainer._train_batch_size
-    source = _read_source(trainer, stream, True, "training")
+    source = _read_source(trainer, stream, True, "training", shard_of)
     rows = stream.num_rows
     rows_per_rank = None if rows is None else rows // args.world_size  # Ray's equal split drops the rest
     batches_class = StreamBatches if rows_per_rank is None else SizedStreamBatches
@@ -206,13 +189,13 @@ def train_batches(trainer, dataset):
     )
 
 
-def eval_batches(trainer, dataset, description: str):
+def eval_batches(trainer, dataset, description: str, shard_of):
     """This rank's evaluation batches: a contiguous share of the rows, every row once overall."""
     from .samplers import even_shard_bounds
     from .stream_batches import EvalStreamBatches, SizedEvalStreamBatches
 
     stream, args = as_stream(dataset), trainer.args
-    source = _read_source(trainer, stream, False, description)
+    source = _read_source(trainer, stream, False, description, shard_of)
     start, stop = 0, stream.known_rows  # one rank: no count needed, the stream is read to its end
     if args.world_size > 1:
         if stream.num_rows is None:

@@ -2,7 +2,7 @@
 
 import torch.distributed as dist
 
-from .nested import nested_concat_all
+from ..nested import nested_concat_all
 
 
 def is_distributed(args) -> bool:
@@ -37,3 +37,10 @@ def merge_rank_outputs(parts: list, padding_index: int = -100):
     if isinstance(present[0], list):
         return [batch for part in present for batch in part]
     return nested_concat_all(present, padding_index)
+
+
+def sum_over_ranks(tensor):
+    """The sum of ``tensor`` over every rank, in place (unchanged in a single process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor

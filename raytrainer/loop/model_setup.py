@@ -5,10 +5,12 @@ and ``torch.compile``. ``trainer.model`` always stays the user's module; the loo
 import torch
 
 from ..modeling import unwrap_model
-from .distributed import is_distributed
+from .collectives import is_distributed
 
 
-def prepare_model_for_training(trainer):
+def prepare_model_for_training(trainer, run):
+    """Place and wrap ``trainer.model`` for training; returns what the loop trains. What must not
+    outlive training (NEFTune's noise) is undone when ``run`` is released."""
     args = trainer.args
     model = trainer.model
     if args.tf32 is not None and torch.cuda.is_available():
@@ -20,7 +22,7 @@ def prepare_model_for_training(trainer):
         kwargs = args.gradient_checkpointing_kwargs or {"use_reentrant": True}
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if args.neftune_noise_alpha is not None:
-        trainer._neftune_hook = _attach_neftune(model, args.neftune_noise_alpha)
+        run.on_release(_attach_neftune(model, args.neftune_noise_alpha).remove)
     wrapped = model
     if args.torch_compile:
         wrapped = torch.compile(model, backend=args.torch_compile_backend or "inductor",
@@ -46,14 +48,6 @@ def _wrap_ddp(wrapped, model, args):
     device = args.device
     device_ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids, **options)
-
-
-def release_training_features(trainer) -> None:
-    """Undo what must not outlive training: NEFTune noise would otherwise leak into inference."""
-    hook = getattr(trainer, "_neftune_hook", None)
-    if hook is not None:
-        hook.remove()
-        trainer._neftune_hook = None
 
 
 def _attach_neftune(model, alpha: float):

@@ -1,0 +1,121 @@
+"""Joining Ray, and keeping Ray's own output out of the user's way.
+
+Users see raytrainer's progress bar, notebook table and log lines. Ray's own INFO lines (local mode
+notices, every reported metric, Ray Data progress bars, Tune's per-result tables, warnings of
+helper actors that need the dashboard) appear only when asked for: ``RAYTRAINER_RAY_LOGS=1`` in
+the environment, or ``TrainingArguments(log_level="debug")``.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+import threading
+
+RAY_LOGS_ENV = "RAYTRAINER_RAY_LOGS"
+# Loggers whose INFO lines are Ray's bookkeeping rather than the user's run.
+_RAY_LOGGERS = ("ray.train", "ray.tune", "ray.data")
+# A helper actor of Ray Train polls the state API, which needs the dashboard (``ray[default]``);
+# without it, it warns twice a second in every multi-worker run. Nothing is wrong for the user.
+_NOISY_WORKER_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def ray_logs_wanted(args=None) -> bool:
+    if os.environ.get(RAY_LOGS_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    return args is not None and getattr(args, "log_level", None) == "debug"
+
+
+def ensure_ray() -> None:
+    """Connect to the cluster in ``RAY_ADDRESS`` (or the one already joined), else start a local
+    Ray instance. A local instance gets this process's import path, so the modules a script
+    imports its model and dataset classes from import on the workers too."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
+    if not ray_logs_wanted():
+        runtime_env["worker_process_setup_hook"] = f"{__name__}.quiet_worker_process"
+    ray.init(runtime_env=runtime_env)
+
+
+def quiet_worker_process() -> None:
+    """Run by Ray in every worker process of a local instance started here (see ``ensure_ray``)."""
+    for name in _NOISY_WORKER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+_QUIET_LOCK = threading.Lock()
+_QUIET = {"depth": 0, "saved": None}  # runs side by side (Optuna's n_jobs) share the loggers
+
+
+@contextlib.contextmanager
+def quiet_ray(args=None):
+    """Ray's INFO lines and Ray Data's progress bars off in this process for the block, unless
+    Ray's output was asked for. Nested and concurrent blocks restore the settings once, when the
+    last one ends."""
+    if ray_logs_wanted(args):
+        yield
+        return
+    with _QUIET_LOCK:
+        if _QUIET["depth"] == 0:
+            _QUIET["saved"] = _silence()
+        _QUIET["depth"] += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _QUIET["depth"] -= 1
+            if _QUIET["depth"] == 0:
+                _restore(_QUIET.pop("saved"))
+
+
+def _silence():
+    loggers = [logging.getLogger(name) for name in _RAY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.level, logging.WARNING))
+    data_context, bars = _data_context_progress_bars(False)
+    return loggers, levels, data_context, bars
+
+
+def _restore(saved) -> None:
+    loggers, levels, data_context, bars = saved
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
+    if data_context is not None:
+        data_context.enable_progress_bars = bars
+
+
+def _data_context_progress_bars(enabled: bool):
+    """Switch Ray Data's progress bars; returns (context, previous value), (None, None) when Ray
+    Data was never imported (then nothing can show a bar)."""
+    if "ray.data" not in sys.modules:
+        return None, None
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    previous = context.enable_progress_bars
+    context.enable_progress_bars = enabled
+    return context, previous
+
+
+@contextlib.contextmanager
+def quiet_datasets(datasets: dict, args=None):
+    """Ray Data's progress bars off for these datasets while the block runs (the split
+    coordinator copies a dataset's own context when the run starts, so the current context is
+    not enough), then back as the user had them."""
+    contexts = {id(ds.context): ds.context for ds in datasets.values()} if not ray_logs_wanted(args) else {}
+    saved = [(context, context.enable_progress_bars) for context in contexts.values()]
+    for context, _ in saved:
+        context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        for context, enabled in saved:
+            context.enable_progress_bars = enabled

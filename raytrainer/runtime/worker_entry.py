@@ -1,0 +1,44 @@
+"""The functions Ray Train runs: in this process (local mode) or on every Ray Train worker."""
+
+import dataclasses
+import logging
+
+import ray
+
+from ..loop.training import run_training
+from .context import LocalContext, WorkerContext
+from .ray_session import ray_logs_wanted
+
+# The driver shows progress; a worker's own display would print every bar twice.
+_DISPLAY_CALLBACKS = ("ProgressCallback", "PrinterCallback", "NotebookProgressCallback")
+
+
+def local_train_loop(config: dict) -> None:
+    """Local mode: the job holds the user's own Trainer object."""
+    job = config["job"]
+    job.result["output"] = run_training(job.trainer, LocalContext(job.checkpoint_root), job.request)
+
+
+def remote_train_loop(config: dict) -> None:
+    """A Ray Train worker: rebuild the Trainer from its blueprint, train, send the result home."""
+    if not ray_logs_wanted():
+        # Ray's per-report INFO lines would reach the driver as a flood of prefixed log lines
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
+    job = config["job"]
+    context = WorkerContext(job)
+    trainer = _load_blueprint(job.blueprint_ref).build()
+    for callback in [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ in _DISPLAY_CALLBACKS]:
+        trainer.callback_handler.remove_callback(callback)
+    with context.resume_point(job.request.resume_from_checkpoint) as resume_from_checkpoint:
+        run_training(trainer, context, dataclasses.replace(job.request, resume_from_checkpoint=resume_from_checkpoint))
+
+
+def _load_blueprint(ref):
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RaySystemError as error:
+        raise RuntimeError(
+            f"The Trainer and its arguments could not be rebuilt on this Ray worker ({error}). The modules "
+            "that define your model, dataset and Trainer classes must be importable on every worker: install "
+            "them there, or ship them with ray.init(runtime_env={'working_dir': ...} or {'py_modules': [...]})."
+        ) from None

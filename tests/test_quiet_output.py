@@ -1,0 +1,63 @@
+"""Quiet by default: a run shows raytrainer's own progress and logs; Ray's bookkeeping lines
+appear only when asked for (RAYTRAINER_RAY_LOGS=1, or log_level="debug")."""
+
+import logging
+
+import pytest
+from conftest import RegressionDataset, RegressionModel
+
+from raytrainer import Trainer, TrainingArguments
+from raytrainer.runtime.ray_session import RAY_LOGS_ENV, quiet_ray
+
+RAY_LINES = ("Running in local mode", "Reported metrics", "please file a report")
+
+
+def _train(tmp_path, **overrides):
+    settings = dict(output_dir=str(tmp_path / "out"), report_to="none", disable_tqdm=True, max_steps=3,
+                    logging_steps=1, per_device_train_batch_size=4)
+    settings.update(overrides)
+    Trainer(model=RegressionModel(), args=TrainingArguments(**settings), train_dataset=RegressionDataset(16)).train()
+
+
+def _ray_lines(caplog, capfd) -> list:
+    out, err = capfd.readouterr()
+    text = out + err + "\n".join(record.getMessage() for record in caplog.records if record.name.startswith("ray"))
+    return [line for line in text.splitlines() if any(marker in line for marker in RAY_LINES)]
+
+
+def test_local_mode_prints_our_logs_and_none_of_rays(tmp_path, capfd, caplog, monkeypatch):
+    monkeypatch.delenv(RAY_LOGS_ENV, raising=False)
+    caplog.set_level(logging.INFO)
+    _train(tmp_path)
+    out, _ = capfd.readouterr()
+    assert out.count("'loss':") == 3 and "'train_runtime':" in out  # our printer: three logs and the summary
+    assert _ray_lines(caplog, capfd) == []
+    assert logging.getLogger("ray.train").level == logging.NOTSET  # put back as it was
+
+
+@pytest.mark.parametrize("switch", ["env", "log_level"])
+def test_rays_own_lines_come_back_when_asked_for(tmp_path, capfd, caplog, monkeypatch, switch):
+    caplog.set_level(logging.INFO)
+    if switch == "env":
+        monkeypatch.setenv(RAY_LOGS_ENV, "1")
+        _train(tmp_path)
+    else:
+        monkeypatch.delenv(RAY_LOGS_ENV, raising=False)
+        _train(tmp_path, log_level="debug")
+    lines = _ray_lines(caplog, capfd)
+    assert any("Running in local mode" in line for line in lines) and any("Reported metrics" in line for line in lines)
+
+
+def test_nested_and_overlapping_quiet_blocks_restore_once():
+    logger = logging.getLogger("ray.tune")
+    logger.setLevel(logging.INFO)
+    try:
+        outer = quiet_ray()
+        outer.__enter__()
+        with quiet_ray():
+            assert logger.level == logging.WARNING
+        assert logger.level == logging.WARNING  # the outer block still runs
+        outer.__exit__(None, None, None)
+        assert logger.level == logging.INFO
+    finally:
+        logger.setLevel(logging.NOTSET)
