@@ -52,6 +52,13 @@ class RegressionModel(nn.Module):
         return result
 
 
+class KwargsRegressionModel(RegressionModel):
+    """A forward that takes **kwargs but computes a plain mean (like many transformers heads)."""
+
+    def forward(self, x, labels=None, **kwargs):
+        return super().forward(x, labels)
+
+
 class NoLossModel(nn.Module):
     """Returns logits only: the Trainer must say so before training."""
 
@@ -132,6 +139,19 @@ class TokenModel(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
         loss = loss / (num_items if num_items is not None else (labels != -100).sum())
         return {"loss": loss, "logits": logits}
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """A local Ray instance (2 CPUs) for one test module's multi-worker or Tune tests; its workers
+    import the tests' helper modules. Never an existing cluster: ``address="local"``."""
+    import ray
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests, os.path.dirname(tests)])}})
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import os
 
 import optuna
 import pytest
-import ray
 import torch
 from conftest import RegressionDataset, RegressionModel
 from ray import tune
@@ -20,14 +19,6 @@ from raytrainer.checkpoints import load_weights
 TESTS = os.path.dirname(__file__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 GOOD_LR, SLOW_LR, BAD_LR = 0.05, 0.01, 1e-6
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([TESTS, os.path.dirname(TESTS)])}})
-    yield
-    ray.shutdown()
 
 
 def model_init(trial=None):
@@ -149,6 +140,8 @@ def test_optuna_study_in_storage_continues_after_a_restart(tmp_path):
 
 
 # ---------------------------------------------------------------------- Ray backend, in-process trials
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_instance")
 def test_ray_asha_stops_a_bad_trial_early_and_keeps_the_best_checkpoint(tmp_path):
     trainer = make_trainer(tmp_path)
     best = trainer.hyperparameter_search(
@@ -176,10 +169,19 @@ def test_ray_asha_stops_a_bad_trial_early_and_keeps_the_best_checkpoint(tmp_path
     assert (tmp_path / f"run-{good_id}" / "trial_result.json").stat().st_mtime == written
 
 
-def test_ray_runs_the_define_by_run_space_of_the_optuna_tests(tmp_path):
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_instance")
+def test_ray_runs_the_define_by_run_space_of_the_optuna_tests(tmp_path, capsys):
     trainer = make_trainer(tmp_path, save_strategy="no")
-    best = trainer.hyperparameter_search(hp_space=lr_space, n_trials=3, backend="ray", verbose=0,
-                                         sampler=grid(), max_concurrent_trials=1)
+    best = trainer.hyperparameter_search(hp_space=lr_space, n_trials=3, backend="ray", sampler=grid(),
+                                         max_concurrent_trials=1)
+    # quiet by default: one line per finished trial instead of Tune's tables
+    printed = capsys.readouterr().out.splitlines()
+    assert len([line for line in printed if line.startswith("trial ") and " complete at step 12: objective=" in line]) == 3
+    assert not any("╭" in line or "Trial status" in line for line in printed)
+    # Tune's trial folders name each sampled value once (the define-by-run values sit in two places)
+    folders = [name for name in os.listdir(tmp_path / "hp_search") if name.startswith("run-")]
+    assert len(folders) == 3 and all(name.count("learning_rate=") == 1 for name in folders), folders
     tried = sorted(r.config["learning_rate"] for r in best.run_summary)
     assert tried == sorted([GOOD_LR, SLOW_LR, BAD_LR])
     assert best.hyperparameters == {"learning_rate": GOOD_LR} and best.checkpoint is None
@@ -203,6 +205,8 @@ def test_presets_by_name_and_path(tmp_path):
 
 
 # ---------------------------------------------------------------------- trials on 2 Ray Train workers
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_instance")
 def test_two_worker_trials_prune_on_the_workers(tmp_path):
     trainer = make_trainer(tmp_path)
     workers = ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5})

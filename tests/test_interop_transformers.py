@@ -318,7 +318,7 @@ def test_causal_lm_gets_num_items_in_batch_and_matches_transformers(tmp_path):
     # raytrainer probes the model in its constructor (no count, then the first row's label tokens
     # and twice that: the loss divides by the count), then 12 micro-batches; then transformers' 12
     # micro-batches: every training forward got the whole window's count
-    first = int((torch.tensor(rows[0]["labels"]) != -100).sum())
+    first = int((torch.as_tensor(rows[0]["labels"]) != -100).sum())
     assert seen == [None, first, 2 * first] + [tokens] * 24
     assert results["ours"][0].model_accepts_loss_kwargs is True
     _assert_same_weights(results)

@@ -5,7 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_one_worker_per_node_on_a_two_node_cluster(tmp_path):
     out = str(tmp_path / "run")
     os.makedirs(out)

@@ -328,6 +328,7 @@ class WideRegression(torch.nn.Module):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="reads Linux memory statistics")
+@pytest.mark.slow
 def test_parquet_three_times_the_object_store_streams_in_bounded_memory(tmp_path, make_args):
     folder, features, rows_per_file, files = tmp_path / "big", 256, 8192, 30
     os.makedirs(folder)
@@ -366,6 +367,7 @@ def _count_and_first(prediction):
     return {"count": len(prediction.predictions), "first": float(prediction.predictions[0][0])}
 
 
+@pytest.mark.slow
 def test_two_workers_read_equal_train_shards_and_evaluate_every_row_once(tmp_path, make_args):
     folder = _parquet_folder(tmp_path / "rows", _regression_table(43), rows_per_file=10)
     dev = stream(_regression_table(13, seed=4))  # 13 rows: not divisible by 2 ranks x batch 3

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn as nn
 from conftest import NoLossModel, RegressionDataset, RegressionModel
 from ray.train import ScalingConfig
 

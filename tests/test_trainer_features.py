@@ -62,15 +62,22 @@ def test_neftune_noise_only_during_training(make_args):
     model = TokenModel()
     trainer = Trainer(model=model, args=make_args(neftune_noise_alpha=5.0, max_steps=1, per_device_train_batch_size=2),
                       train_dataset=TokenDataset(4))
-    ids = torch.tensor([[1, 2, 3]])
-    seen = []
-    hook = model.embed.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+    clean, noisy = [], []
+    # registered before training, so it runs before NEFTune's hook: the embedding without noise
+    embed_hook = model.embed.register_forward_hook(lambda m, i, o: clean.append(o.detach().clone()))
+    head_hook = model.head.register_forward_pre_hook(lambda m, i: noisy.append(i[0].detach().clone()))
     trainer.train()
-    hook.remove()
-    clean = model.embed(ids)
+    embed_hook.remove()
+    head_hook.remove()
+    assert len(clean) == len(noisy) == 1  # one training forward
+    noise = noisy[0] - clean[0]
+    seq_len, dim = clean[0].shape[1], clean[0].shape[2]
+    bound = 5.0 / (seq_len * dim) ** 0.5  # uniform noise in [-alpha/sqrt(L*d), alpha/sqrt(L*d)]
+    assert 0.5 * bound < noise.abs().max() <= bound + 1e-6
+    assert noise.abs().mean() > 0.25 * bound  # every position got noise, not just a few
+    ids = torch.tensor([[1, 2, 3]])
     model.train()
-    assert torch.equal(model.embed(ids), clean)  # the noise hook is gone after training
-    assert len(seen) == 1  # one training forward was observed (noise is added after this hook)
+    assert torch.equal(model.head(model.embed(ids)), model.head(model.embed(ids)))  # the noise hook is gone
 
 
 def test_gradient_checkpointing_is_enabled_with_kwargs(make_args):
@@ -172,7 +179,7 @@ def test_save_model_metrics_and_state(make_args, capsys):
 
 def test_subclass_overrides_take_effect(make_args):
     class OldStyle(Trainer):
-        """An override written before num_items_in_batch existed."""
+        """An override written before num_items_in_batch existed: a loss that ignores the labels."""
 
         def compute_loss(self, model, inputs, return_outputs=False):
             outputs = model(**inputs)
@@ -180,15 +187,29 @@ def test_subclass_overrides_take_effect(make_args):
             return (loss, outputs) if return_outputs else loss
 
         def create_optimizer(self):
-            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.0)
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1)
             return self.optimizer
 
+    torch.manual_seed(0)
     model = RegressionModel()
-    before = _params(model)
-    trainer = OldStyle(model=model, args=make_args(max_steps=2), train_dataset=RegressionDataset(8))
+    bare = copy.deepcopy(model)
+    data = RegressionDataset(8)
+    args = make_args(max_steps=3, per_device_train_batch_size=8, max_grad_norm=0.0, lr_scheduler_type="constant")
+    trainer = OldStyle(model=model, args=args, train_dataset=data)
     trainer.train()
     assert isinstance(trainer.optimizer, torch.optim.SGD)
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # lr 0: unchanged
+    # the same three full-batch steps by hand, with the override's loss
+    optimizer, bare_losses = torch.optim.SGD(bare.parameters(), lr=0.1), []
+    for _ in range(3):
+        loss = (bare(data.x)["logits"] ** 2).mean()
+        bare_losses.append(loss.item())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert logged == pytest.approx(bare_losses, rel=1e-5) and bare_losses[-1] < bare_losses[0]
+    for ours, theirs in zip(model.parameters(), bare.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
 
 def test_optimizers_tuple_and_optimizer_cls_and_kwargs_are_used(make_args):
@@ -298,3 +319,28 @@ def test_token_counting_and_tokens_per_second(make_args):
     assert trainer.state.num_input_tokens_seen == 2 * 2 * 6
     assert output.metrics["train_tokens_per_second"] > 0
     assert [e["num_input_tokens_seen"] for e in trainer.state.log_history if "loss" in e] == [12, 24]
+
+
+def test_total_flos_estimates_six_flops_per_parameter_and_example_or_uses_the_models_count(make_args):
+    model = RegressionModel()
+    trainer = Trainer(model=model, args=make_args(max_steps=3, per_device_train_batch_size=4),
+                      train_dataset=RegressionDataset(16))
+    output = trainer.train()
+    parameters = sum(p.numel() for p in model.parameters())
+    assert output.metrics["total_flos"] == trainer.state.total_flos == 6 * parameters * 12  # 3 steps x 4 examples
+
+    class CountsItself(RegressionModel):
+        def floating_point_ops(self, inputs):
+            return 1000 * len(inputs["x"])
+
+    counted = Trainer(model=CountsItself(), args=make_args(max_steps=2, per_device_train_batch_size=4),
+                      train_dataset=RegressionDataset(16))
+    assert counted.train().metrics["total_flos"] == 8000
+
+
+def test_total_flos_counts_tokens_of_integer_inputs_without_embedding_parameters(make_args):
+    model = TokenModel()  # embedding 11 x 8 (not counted), head 8 -> 11
+    trainer = Trainer(model=model, args=make_args(max_steps=1, per_device_train_batch_size=2),
+                      train_dataset=TokenDataset(4))
+    trainer.train()
+    assert trainer.state.total_flos == 6 * (8 * 11 + 11) * (2 * 6)  # 2 sequences of 6 token ids

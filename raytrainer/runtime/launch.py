@@ -18,7 +18,7 @@ from ..loop.run_state import TrainRequest
 from ..loop.training import run_training as run_loop
 from .context import TuneTrialContext
 from .jobs import LocalJob, checkpoint_root, default_run_config
-from .ray_session import quiet_datasets, quiet_ray
+from .ray_session import quiet_datasets, quiet_ray, quiet_run_config
 from .scaling import is_local_mode, resolve_scaling_config
 from .worker_entry import local_train_loop
 
@@ -36,6 +36,7 @@ def run_training(trainer, request: TrainRequest):
         job = LocalJob(trainer, request, root)
         data = torch_trainer_data(trainer)
         with quiet_datasets(data.get("datasets", {}), trainer.args):
+            run_config = quiet_run_config(trainer.run_config or default_run_config(trainer.args), trainer.args)
             TorchTrainer(local_train_loop, train_loop_config={"job": job}, scaling_config=ScalingConfig(num_workers=0),
-                         run_config=trainer.run_config or default_run_config(trainer.args), **data).fit()
+                         run_config=run_config, **data).fit()
         return job.result["output"]

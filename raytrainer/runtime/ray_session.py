@@ -39,15 +39,52 @@ def ensure_ray() -> None:
         return
     paths = [p for p in sys.path if p and os.path.isdir(p)]
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
-    if not ray_logs_wanted():
-        runtime_env["worker_process_setup_hook"] = f"{__name__}.quiet_worker_process"
-    ray.init(runtime_env=runtime_env)
+    if ray_logs_wanted():
+        ray.init(runtime_env=runtime_env)
+        return
+    runtime_env["worker_process_setup_hook"] = f"{__name__}.quiet_worker_process"
+    ray_logger = logging.getLogger("ray")
+    level = ray_logger.level
+    try:  # without "Started a local Ray instance" and the token-auth notice
+        ray.init(runtime_env=runtime_env, logging_level=logging.ERROR)
+    finally:
+        ray_logger.setLevel(level)
 
 
 def quiet_worker_process() -> None:
     """Run by Ray in every worker process of a local instance started here (see ``ensure_ray``)."""
+    import ray
+
+    quiet_train_worker()
     for name in _NOISY_WORKER_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Ray Train's helper actors look this cluster up by address; with several Ray instances on
+    # the machine (other users, tests) an unset address makes them fail loudly
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
+def quiet_train_worker() -> None:
+    """Ray's INFO lines off in this worker process (any cluster): its loggers, and the one that
+    announces every ``ray.train.report`` (named after its file, so outside ``ray.train``)."""
+    for name in _RAY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray version: its loggers above are quiet already
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
+def quiet_run_config(run_config, args=None):
+    """``run_config`` with Ray Train's console lines (controller and workers) at WARNING, unless
+    Ray's output was asked for."""
+    import dataclasses
+
+    from ray.train import LoggingConfig
+
+    if ray_logs_wanted(args) or run_config.logging_config.log_level != "INFO":
+        return run_config  # asked for, or a level the user chose
+    return dataclasses.replace(run_config, logging_config=LoggingConfig(log_level="WARNING"))
 
 
 _QUIET_LOCK = threading.Lock()

@@ -1,13 +1,12 @@
 """The functions Ray Train runs: in this process (local mode) or on every Ray Train worker."""
 
 import dataclasses
-import logging
 
 import ray
 
 from ..loop.training import run_training
 from .context import LocalContext, WorkerContext
-from .ray_session import ray_logs_wanted
+from .ray_session import quiet_train_worker, ray_logs_wanted
 
 # The driver shows progress; a worker's own display would print every bar twice.
 _DISPLAY_CALLBACKS = ("ProgressCallback", "PrinterCallback", "NotebookProgressCallback")
@@ -22,8 +21,7 @@ def local_train_loop(config: dict) -> None:
 def remote_train_loop(config: dict) -> None:
     """A Ray Train worker: rebuild the Trainer from its blueprint, train, send the result home."""
     if not ray_logs_wanted():
-        # Ray's per-report INFO lines would reach the driver as a flood of prefixed log lines
-        logging.getLogger("ray.train").setLevel(logging.WARNING)
+        quiet_train_worker()  # Ray's per-report INFO lines would reach the driver as prefixed lines
     job = config["job"]
     context = WorkerContext(job)
     trainer = _load_blueprint(job.blueprint_ref).build()

@@ -14,7 +14,7 @@ from ..state import TrainerState
 from .channel import DriverDisplay, RunChannel
 from .jobs import RemoteJob, default_run_config, new_run_id
 from .payload import blueprint_of, put_blueprint
-from .ray_session import ensure_ray, quiet_datasets
+from .ray_session import ensure_ray, quiet_datasets, quiet_run_config
 from .run_snapshot import forget_earlier_runs
 from .worker_entry import remote_train_loop
 
@@ -24,7 +24,7 @@ def run_on_workers(trainer, scaling_config, request) -> TrainOutput:
     blueprint_ref = put_blueprint(blueprint_of(trainer))
     channel = RunChannel.remote()
     job = RemoteJob(blueprint_ref, channel, new_run_id(), request)
-    run_config = trainer.run_config or default_run_config(trainer.args)
+    run_config = quiet_run_config(trainer.run_config or default_run_config(trainer.args), trainer.args)
     forget_earlier_runs(run_config)
     data = torch_trainer_data(trainer, scaling_config)  # Ray Data streams: workers read get_dataset_shard(name)
     torch_trainer = TorchTrainer(remote_train_loop, train_loop_config={"job": job}, scaling_config=scaling_config,

@@ -7,6 +7,7 @@ reach Tune through a ``TuneReportCallback``. Optuna's TPE (``OptunaSearch``) pro
 unless ``search_alg`` is given; any Tune ``scheduler`` (ASHA, median stopping, ...) can stop them.
 """
 
+import contextlib
 import math
 import os
 
@@ -32,7 +33,8 @@ def run_ray_search(setup, space, n_trials: int, hp_name, options: dict):
     """Run (or, with ``resume=True``, continue) the experiment; returns ``(records, ResultGrid)``."""
     from ray import tune
 
-    from ...runtime.ray_session import ensure_ray
+    from ...runtime.ray_session import ensure_ray, quiet_ray, ray_logs_wanted
+    from ..trial_lines import TrialLines
 
     ensure_ray()
     metrics = objective_metric_names(len(setup.directions))
@@ -51,18 +53,40 @@ def run_ray_search(setup, space, n_trials: int, hp_name, options: dict):
     )
     storage_path = os.path.abspath(options.get("storage_path") or setup.output_dir)
     name = options.get("name") or "hp_search"
+    quiet = "verbose" not in options and not ray_logs_wanted(setup.base_args)
+    callbacks = list(options.get("callbacks") or []) + ([TrialLines(sampled_values)] if quiet else [])
     run_config = tune.RunConfig(
         name=name, storage_path=storage_path, failure_config=tune.FailureConfig(max_failures=options.get("max_failures", 0)),
-        callbacks=options.get("callbacks"), verbose=options.get("verbose"), stop=options.get("stop"),
+        callbacks=callbacks, verbose=0 if quiet else options.get("verbose"), stop=options.get("stop"),
         progress_reporter=options.get("progress_reporter"),
     )
     path = os.path.join(storage_path, name)
-    if options.get("resume") and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True, param_space=param_space or None)
-    else:
-        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-    grid = tuner.fit()
+    with quiet_ray(setup.base_args), _tune_console(quiet):
+        if options.get("resume") and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True, param_space=param_space or None)
+        else:
+            tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+        grid = tuner.fit()
     return [_record_of(setup, result, hp_name) for result in grid], grid
+
+
+@contextlib.contextmanager
+def _tune_console(quiet: bool):
+    """Tune's newer console output prints an experiment table and result paths even at
+    ``verbose=0``; its classic reporter is silent there. ``RAY_AIR_NEW_OUTPUT=0`` (Ray's own
+    switch) picks the classic one while the search runs."""
+    if not quiet:
+        yield
+        return
+    previous = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = previous
 
 
 def sampled_values(config: dict) -> dict:
