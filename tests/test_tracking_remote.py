@@ -105,20 +105,21 @@ def stub_hub(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ray_instance(stub_hub, tmp_path_factory):
-    """Ray for the module; its workers talk to the stand-in Hub (HF_ENDPOINT in their environment,
-    as a Ray job sets it with runtime_env)."""
+def ray_with_hub(stub_hub, tmp_path_factory):
+    """A local Ray instance (never an existing cluster) whose workers talk to the stand-in Hub
+    (HF_ENDPOINT in their environment, as a Ray job sets it with runtime_env)."""
     import ray
 
     env = {"PYTHONPATH": os.pathsep.join([TESTS, os.path.dirname(TESTS)]), "HF_ENDPOINT": stub_hub.endpoint,
            "HF_HOME": str(tmp_path_factory.mktemp("hf_home"))}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": env})
     yield
     ray.shutdown()
 
 
 def test_on_two_workers_rank_zero_reports_and_pushes_and_the_driver_continues_the_run(
-        ray_instance, stub_hub, tmp_path, monkeypatch):
+        ray_with_hub, stub_hub, tmp_path, monkeypatch):
     pytest.importorskip("tensorboard", reason="TensorBoard files need tensorboard (pip install tensorboard)")
     from huggingface_hub import constants
     from ray.train import ScalingConfig
