@@ -32,6 +32,7 @@ def hub(monkeypatch, tmp_path):
         # huggingface_hub read HF_ENDPOINT when it was imported; its own background requests (an
         # agent registry it fetches for its user-agent header) must not leave the machine either
         monkeypatch.setattr(hub_constants, "ENDPOINT", server.endpoint)
+        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)  # read at import; other tests set it
         yield server.state
 
 
@@ -189,6 +190,7 @@ def test_unreachable_hub_fails_before_training(monkeypatch, tmp_path):
         port = probe.getsockname()[1]
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setattr(hub_constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
     with pytest.raises(ConnectionError, match=rf"push_to_hub: the Hugging Face Hub at http://127.0.0.1:{port} "
                                               r"cannot be reached .*set push_to_hub=False") as error:
         make_trainer(tmp_path)

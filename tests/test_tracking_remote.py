@@ -110,8 +110,9 @@ def ray_with_hub(stub_hub, tmp_path_factory):
     (HF_ENDPOINT in their environment, as a Ray job sets it with runtime_env)."""
     import ray
 
+    # HF_HUB_OFFLINE: tests of transformers models set it in this process to forbid downloads
     env = {"PYTHONPATH": os.pathsep.join([TESTS, os.path.dirname(TESTS)]), "HF_ENDPOINT": stub_hub.endpoint,
-           "HF_HOME": str(tmp_path_factory.mktemp("hf_home"))}
+           "HF_HOME": str(tmp_path_factory.mktemp("hf_home")), "HF_HUB_OFFLINE": "0"}
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": env})
     yield
@@ -133,6 +134,7 @@ def test_on_two_workers_rank_zero_reports_and_pushes_and_the_driver_continues_th
     monkeypatch.setenv("HF_ENDPOINT", stub_hub.endpoint)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.setattr(constants, "ENDPOINT", stub_hub.endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     trainer = make_trainer(tmp_path, args=dict(report_to=["mlflow", "tensorboard"], push_to_hub=True,
                                                hub_model_id="on-workers", hub_strategy="checkpoint",
                                                hub_token=HUB_TOKEN),
