@@ -40,6 +40,7 @@ from .nested import move_to_device
 from .outputs import PredictionOutput, speed_metrics
 from .overrides import accepts_argument
 from .probe import probe_model
+from .runtime.ray_session import quiet_ray
 from .seeding import enable_full_determinism, set_seed
 from .state import TrainerControl, TrainerState
 from .validation import check_output_locations, rebuilt_on_worker, validate_trainer_inputs
@@ -565,8 +566,9 @@ class Trainer(V4TrainerNames, HubMethods):
 
     def evaluation_loop(self, dataloader, description: str, prediction_loss_only: Optional[bool] = None,
                         ignore_keys: Optional[list] = None, metric_key_prefix: str = "eval"):
-        return run_evaluation_loop(self, self._evaluation_run(), dataloader, description, prediction_loss_only,
-                                   ignore_keys, metric_key_prefix)
+        with quiet_ray(self.args):  # a Ray Data stream read here would print Ray's lines
+            return run_evaluation_loop(self, self._evaluation_run(), dataloader, description, prediction_loss_only,
+                                       ignore_keys, metric_key_prefix)
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys: Optional[list] = None):
         """``(loss, logits, labels)`` of one evaluation batch, without gradients."""
