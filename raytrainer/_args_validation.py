@@ -51,12 +51,9 @@ KNOWN_INTEGRATIONS = frozenset(
         "mlflow", "neptune", "swanlab", "tensorboard", "trackio", "wandb",
     }
 )
-# Integrations raytrainer implements; the others are accepted and reported as ignored.
-SHIPPED_INTEGRATIONS = frozenset()
-HUB_FIELDS = (
-    "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push",
-    "hub_revision",
-)
+# Integrations raytrainer implements (raytrainer.integrations); the others are accepted and
+# reported as ignored.
+SHIPPED_INTEGRATIONS = frozenset({"mlflow", "tensorboard", "wandb"})
 
 
 def normalise_and_validate(args) -> None:
@@ -463,9 +460,12 @@ def _normalise_report_to(value) -> list:
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"report_to must be a str or a list of str, got {value!r}.")
-    # "all" means "every installed integration we ship"; none are shipped, so it reports nowhere.
-    if "none" in names or "all" in names:
+    if "none" in names:
         return []
+    if "all" in names:  # every shipped integration whose library is installed, as HF resolves it
+        from raytrainer.integrations import installed_integrations
+
+        return installed_integrations()
     unknown = [n for n in names if n not in KNOWN_INTEGRATIONS]
     if unknown:
         choices = ", ".join(sorted(KNOWN_INTEGRATIONS))
@@ -573,7 +573,6 @@ def list_ignored_settings(args) -> list:
          "use_mps_device: deprecated; the device is chosen on each Ray worker"),
         (args.torchdynamo is not None,
          "torchdynamo: deprecated and not read; use torch_compile_backend instead"),
-        (args.push_to_hub, "push_to_hub: raytrainer does not upload to the Hugging Face Hub"),
         (args.use_liger_kernel, "use_liger_kernel: Liger kernels are not integrated"),
         (args.local_rank != -1,
          "local_rank: Ray Train assigns ranks to its workers; this value is not read"),
@@ -587,9 +586,6 @@ def list_ignored_settings(args) -> list:
          "fsdp_config: has no effect while fsdp is empty; set fsdp (e.g. 'full_shard') to use it"),
     ]
     notes = [text for applies, text in checks if applies]
-    for name in HUB_FIELDS:
-        if getattr(args, name) != defaults[name]:
-            notes.append(f"{name}: raytrainer does not upload to the Hugging Face Hub")
     for integration in args.report_to:
         if integration not in SHIPPED_INTEGRATIONS:
             notes.append(

@@ -3,7 +3,7 @@
 Field names and defaults follow the Trainer documentation; where the v4 and v5 pages disagree the
 v5 default wins and the field says so. ``__post_init__`` normalises and validates everything on the
 driver (see ``raytrainer._args_validation``), so the instance that is pickled to the Ray workers is
-already known to be consistent. Fields that cannot take effect on this stack (TPU, Apex, Hub upload,
+already known to be consistent. Fields that cannot take effect on this stack (TPU, Apex,
 ...) are accepted, listed by ``ignored_settings()`` and reported in one ``UserWarning``.
 """
 
@@ -164,7 +164,7 @@ class TrainingArguments(GroupSetters):
     logging_steps: float = _arg(500, "Steps between logs (or a ratio < 1 of total steps).")
     logging_nan_inf_filter: bool = _arg(True, "Leave nan/inf losses out of the logged average.")
     report_to: Union[None, str, list[str]] = _arg(  # v5 default "none" (v4: "all")
-        "none", "Integrations to report to; 'none' or 'all'."
+        "none", "Integrations to report to (tensorboard, mlflow, wandb); 'none', or 'all' installed."
     )
     disable_tqdm: Optional[bool] = _arg(None, "Disable progress bars.")
     skip_memory_metrics: bool = _arg(True, "Skip memory profiling in the metrics.")
@@ -264,14 +264,16 @@ class TrainingArguments(GroupSetters):
     debug: Union[str, list[DebugOption]] = _arg("", "Debug features, space separated.")
     ray_scope: str = _arg("last", "Results Ray Tune compares: last/all/last-5-avg/last-10-avg.")
 
-    # --- Hugging Face Hub (accepted, reported as ignored: raytrainer does not upload)
-    push_to_hub: bool = _arg(False, "Push to the Hub (not supported).")
-    hub_model_id: Optional[str] = _arg(None, "Hub repository name (not used).")
-    hub_strategy: Union[HubStrategy, str] = _arg("every_save", "What to push and when (not used).")
-    hub_token: Optional[str] = _arg(None, "Hub token (not used; never printed).")
-    hub_private_repo: Optional[bool] = _arg(None, "Make the Hub repository private (not used).")
-    hub_always_push: bool = _arg(False, "Push even if the previous push is unfinished (not used).")
-    hub_revision: Optional[str] = _arg(None, "Hub revision to push to (v5; not used).")
+    # --- Hugging Face Hub (raytrainer.hub)
+    push_to_hub: bool = _arg(False, "Push the model to the Hub at each save (see hub_strategy).")
+    hub_model_id: Optional[str] = _arg(None, "Hub repository name; default: the name of output_dir.")
+    hub_strategy: Union[HubStrategy, str] = _arg(
+        "every_save", "What to push and when: end/every_save/checkpoint/all_checkpoints."
+    )
+    hub_token: Optional[str] = _arg(None, "Hub token (default: HF_TOKEN or the saved login; never written).")
+    hub_private_repo: Optional[bool] = _arg(None, "Create the Hub repository as private.")
+    hub_always_push: bool = _arg(False, "Push each save even while the previous push is running.")
+    hub_revision: Optional[str] = _arg(None, "Hub branch or revision to push to (v5).")
 
     # --- transformers v4 spellings: accepted with a FutureWarning and moved to the v5 field
     # (raytrainer.compat.v4_names); None means "not given", and they stay None afterwards.

@@ -25,6 +25,8 @@ from .data import stream_shards, streaming
 from .data.collators import default_collator_for
 from .data.columns import RemoveColumnsCollator, remove_unused_hf_columns, signature_columns
 from .data.loaders import build_eval_dataloader, build_train_dataloader
+from .hub import HubMethods
+from .integrations import added_callbacks
 from .logging_setup import apply_log_level
 from .loop.collectives import sum_over_ranks
 from .loop.evaluation import run_evaluation_loop, run_prediction_step
@@ -38,6 +40,7 @@ from .nested import move_to_device
 from .outputs import PredictionOutput, speed_metrics
 from .overrides import accepts_argument
 from .probe import probe_model
+from .runtime.ray_session import quiet_ray
 from .seeding import enable_full_determinism, set_seed
 from .state import TrainerControl, TrainerState
 from .validation import check_output_locations, rebuilt_on_worker, validate_trainer_inputs
@@ -45,7 +48,7 @@ from .validation import check_output_locations, rebuilt_on_worker, validate_trai
 logger = logging.getLogger("raytrainer")
 
 
-class Trainer(V4TrainerNames):
+class Trainer(V4TrainerNames, HubMethods):
     """A training and evaluation loop for PyTorch models with the HF ``Trainer`` API, run by Ray Train.
 
     Arguments are those of ``transformers.Trainer`` plus Ray's own configuration objects:
@@ -135,8 +138,12 @@ class Trainer(V4TrainerNames):
             is_world_process_zero=self.is_world_process_zero(),
         )
         self.control = TrainerControl()
-        self.callback_handler = default_callback_handler(args, callbacks, self.model, processing_class,
-                                                         self.optimizer, self.lr_scheduler)
+        # report_to's integrations come before the user's callbacks, as in HF (a missing library fails here)
+        self.callback_handler = default_callback_handler(args, added_callbacks(self, callbacks) + list(callbacks or []),
+                                                         self.model, processing_class, self.optimizer,
+                                                         self.lr_scheduler)
+        if args.push_to_hub:
+            self.init_hf_repo()  # an unreachable Hub or a refused token fails here, before training
         if not checked_on_driver:
             uses_num_items = probe_model(self, overrides_compute_loss=type(self).compute_loss is not Trainer.compute_loss)
             if uses_num_items is not None:
@@ -559,8 +566,9 @@ class Trainer(V4TrainerNames):
 
     def evaluation_loop(self, dataloader, description: str, prediction_loss_only: Optional[bool] = None,
                         ignore_keys: Optional[list] = None, metric_key_prefix: str = "eval"):
-        return run_evaluation_loop(self, self._evaluation_run(), dataloader, description, prediction_loss_only,
-                                   ignore_keys, metric_key_prefix)
+        with quiet_ray(self.args):  # a Ray Data stream read here would print Ray's lines
+            return run_evaluation_loop(self, self._evaluation_run(), dataloader, description, prediction_loss_only,
+                                       ignore_keys, metric_key_prefix)
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys: Optional[list] = None):
         """``(loss, logits, labels)`` of one evaluation batch, without gradients."""
@@ -598,6 +606,8 @@ class Trainer(V4TrainerNames):
         ``training_args.json``/``.bin`` to ``output_dir``."""
         if self.is_world_process_zero():
             _checkpoint.save_model_folder(self, output_dir or self.args.output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def is_world_process_zero(self) -> bool:
         return self.args.process_index == 0

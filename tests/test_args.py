@@ -426,12 +426,16 @@ def test_fsdp_wrapping_policies_exclude_each_other():
 
 
 def test_report_to_normalisation():
+    from raytrainer.integrations import installed_integrations
+
     assert make(report_to="none").report_to == []
-    assert make(report_to="all").report_to == []
+    assert make(report_to="all").report_to == installed_integrations()  # what is installed, as in HF
     assert make(report_to=None).report_to == []
     assert make(report_to=["none"]).report_to == []
-    with pytest.warns(UserWarning, match="report_to='tensorboard'"):
-        assert TrainingArguments(report_to="tensorboard").report_to == ["tensorboard"]
+    assert make(report_to=["wandb", "tensorboard", "wandb"]).report_to == ["wandb", "tensorboard"]
+    assert make(report_to="mlflow").ignored_settings() == []  # shipped integrations are not "ignored"
+    with pytest.warns(UserWarning, match="report_to='comet_ml'"):
+        assert TrainingArguments(report_to="comet_ml").report_to == ["comet_ml"]
 
 
 def test_include_for_metrics_and_deprecated_flag():
@@ -491,8 +495,7 @@ def test_get_warmup_steps_rejects_bad_totals():
 
 
 def test_secrets_are_masked_everywhere():
-    with pytest.warns(UserWarning):
-        args = TrainingArguments(hub_token="hf_SECRET123")
+    args = make(hub_token="hf_SECRET123")  # used by push_to_hub(): not an ignored setting
     assert args.hub_token == "hf_SECRET123"
     assert args.to_dict()["hub_token"] == "<HUB_TOKEN>"
     assert json.loads(args.to_json_string())["hub_token"] == "<HUB_TOKEN>"
@@ -554,7 +557,7 @@ def test_ignored_settings_warning_lists_each_field_once():
         args = TrainingArguments(
             tpu_num_cores=8, use_ipex=True, jit_mode_eval=True, half_precision_backend="apex",
             fp16_opt_level="O2", use_mps_device=True, torchdynamo="inductor", push_to_hub=True,
-            hub_model_id="me/model", report_to=["wandb"], use_liger_kernel=True, local_rank=3,
+            hub_model_id="me/model", report_to=["wandb", "neptune"], use_liger_kernel=True, local_rank=3,
             debug="tpu_metrics_debug",
         )
     assert len(caught) == 1
@@ -569,8 +572,7 @@ def test_ignored_settings_warning_lists_each_field_once():
     assert fields == [
         "tpu_num_cores", "tpu_metrics_debug / debug='tpu_metrics_debug'", "use_ipex",
         "jit_mode_eval", "half_precision_backend='apex'", "fp16_opt_level", "use_mps_device",
-        "torchdynamo", "push_to_hub", "use_liger_kernel", "local_rank", "hub_model_id",
-        "report_to='wandb'",
+        "torchdynamo", "use_liger_kernel", "local_rank", "report_to='neptune'",
     ]
     assert "use torch_compile_backend instead" in notes[fields.index("torchdynamo")]
     assert "Ray Train assigns ranks" in notes[fields.index("local_rank")]
@@ -673,11 +675,13 @@ def test_set_save_logging_optimizer_scheduler_dataloader():
     assert (args.dataloader_num_workers, args.data_seed) == (2, 3)
 
 
-def test_set_push_to_hub_records_and_reports():
+def test_set_push_to_hub_records_the_settings():
     args = make()
-    with pytest.warns(UserWarning, match="push_to_hub: raytrainer does not upload"):
-        args.set_push_to_hub("me/awesome-model", token="hf_abc")
-    assert (args.push_to_hub, args.hub_model_id) == (True, "me/awesome-model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the Hub settings take effect now: nothing to warn about
+        args.set_push_to_hub("me/awesome-model", strategy="checkpoint", token="hf_abc", private_repo=True)
+    assert (args.push_to_hub, args.hub_model_id, args.hub_strategy) == (True, "me/awesome-model", "checkpoint")
+    assert args.hub_private_repo is True
     assert "hf_abc" not in repr(args)
 
 

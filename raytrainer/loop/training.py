@@ -166,6 +166,8 @@ class TrainingLoop:
             num_train_epochs=plan.num_train_epochs,
             train_batch_size=self.run_state.train_batch_size,
             is_hyper_param_search=self.trial is not None,
+            trial_name=getattr(self.trial, "run_name", None),  # a search trial's name (its runs are named so)
+            trial_params=getattr(self.trial, "params", None),
             stateful_callbacks=trainer.state.stateful_callbacks,
         )
         state.epoch = 0.0
@@ -273,8 +275,10 @@ class TrainingLoop:
             if self.args.save_strategy == SaveStrategy.BEST:
                 trainer.control.should_save = is_new_best
         if trainer.control.should_save:
-            _checkpoint.save_checkpoint(trainer, model, self.run_state)
-            trainer.control = trainer.callback_handler.on_save(self.args, trainer.state, trainer.control)
+            folder = _checkpoint.save_checkpoint(trainer, model, self.run_state)
+            trainer._push_from_checkpoint(folder)  # push_to_hub: a background upload, as hub_strategy says
+            trainer.control = trainer.callback_handler.on_save(self.args, trainer.state, trainer.control,
+                                                               checkpoint_folder=folder)
 
     def _log_training_loss(self, start_time):
         trainer, state = self.trainer, self.trainer.state
@@ -323,6 +327,7 @@ class TrainingLoop:
         trainer.log(metrics)  # adds "epoch" to the returned metrics too, as HF does
         _checkpoint.finalize_checkpoints(args, state.best_model_checkpoint, self.run_state.sink.root)
         trainer.control = trainer.callback_handler.on_train_end(args, state, trainer.control)
+        trainer._finish_current_push()  # push_to_hub: training ends when its uploads have
         return TrainOutput(state.global_step, train_loss, metrics)
 
 

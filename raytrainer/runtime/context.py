@@ -140,5 +140,8 @@ def final_result(trainer, output) -> dict:
 
     from ..modeling import unwrap_model
 
+    from ..integrations import hand_off_runs
+
     weights = {name: t.detach().to("cpu") for name, t in unwrap_model(trainer.model).state_dict().items()}
-    return {"weights": weights, "state": dataclasses.asdict(trainer.state), "output": tuple(output)}
+    return {"weights": weights, "state": dataclasses.asdict(trainer.state), "output": tuple(output),
+            "tracking_runs": hand_off_runs(trainer)}  # the driver's evaluate() logs into the same runs
