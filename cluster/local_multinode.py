@@ -179,9 +179,10 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def stop(folder: str, timeout_s: float = 10) -> None:
-    """SIGTERM to each node's ``ray start --block`` (it stops its node's processes; each gets
-    ``timeout_s``), then SIGTERM and SIGKILL to whatever of this cluster is left."""
+def stop(folder: str, grace_s: float = 3) -> None:
+    """SIGTERM to each node's ``ray start --block``, worker nodes first (it stops its node's
+    processes); after ``grace_s`` a node's, then SIGTERM and SIGKILL to whatever of this cluster
+    is left."""
     folder = os.path.abspath(folder)
     # taken before the parents go (their children are then re-parented); with start times, so
     # that a process id reused by another program is never signalled
@@ -199,13 +200,13 @@ def stop(folder: str, timeout_s: float = 10) -> None:
                 pid = int(f.read().strip() or 0)
             if pid in cluster:
                 _signal(pid, signal.SIGTERM)
-                _wait_for_exit(pid, timeout_s)
-    for sig, wait_s in ((None, 5), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-        for pid in left() if sig is not None else []:
+                _wait_for_exit(pid, grace_s)
+    for sig, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        for pid in left():
             _signal(pid, sig)
         deadline = time.time() + wait_s
         while left() and time.time() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.2)
     for name in os.listdir(folder) if os.path.isdir(folder) else []:
         if name.endswith(".pid"):
             os.remove(os.path.join(folder, name))
