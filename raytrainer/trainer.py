@@ -121,6 +121,7 @@ class Trainer:
         self.place_model_on_device = args.place_model_on_device
         self.neftune_noise_alpha = args.neftune_noise_alpha
         self._run = None  # the RunState of the training or evaluation under way (see _running)
+        self._model_strategy = None  # the parallel strategy that sharded self.model, if one did
         self._train_batch_size = args.train_batch_size  # reduced by auto_find_batch_size on OOM
         self.current_gradient_accumulation_steps = args.gradient_accumulation_steps
 
@@ -183,6 +184,8 @@ class Trainer:
         (``compute_loss``, ``training_step``, the autocast context, ...) read it from here."""
         previous, self._run = self._run, run
         self._train_batch_size = run.train_batch_size
+        if run.strategy.shards_model:
+            self._model_strategy = run.strategy  # the model stays sharded: later evaluations and saves use it
         try:
             yield run
         finally:
@@ -192,7 +195,7 @@ class Trainer:
         """The training run's state during training, else a fresh one with evaluation precision."""
         if self.is_in_train and self._run is not None:
             return self._run
-        return RunState.for_evaluation(self.args, self._train_batch_size)
+        return RunState.for_evaluation(self.args, self._train_batch_size, self._model_strategy)
 
     def _dataset_shard(self, name: str):
         """The current run's Ray Train dataset shard called ``name``, or None."""
@@ -443,11 +446,7 @@ class Trainer:
             loss = self._call_compute_loss(model, inputs, num_items_in_batch)
         if (not self.model_accepts_loss_kwargs or num_items_in_batch is None) and self.compute_loss_func is None:
             loss = loss / self.current_gradient_accumulation_steps
-        scaler = self.scaler
-        if scaler is not None:
-            scaler.scale(loss).backward()
-        else:
-            loss.backward()
+        self._run.strategy.backward(loss, self.scaler)  # DDP/FSDP: loss.backward(), DeepSpeed: its engine
         return loss.detach()
 
     def _call_compute_loss(self, model, inputs, num_items_in_batch):
