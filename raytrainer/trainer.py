@@ -86,6 +86,9 @@ class Trainer:
         logger.setLevel(args.get_process_log_level())  # "passive" keeps the level the user set
         self.model_init = model_init
         self.hp_name = None
+        # after a sharded train() on Ray workers: the folder of the consolidated trained weights (the
+        # driver's self.model keeps the weights it was given; evaluate/predict/save_model use this)
+        self.final_model_dir = None
         self.hp_search_backend = None
         self.is_in_train = False
         if args.full_determinism:
@@ -501,6 +504,11 @@ class Trainer:
         with the key added to the metric names (``eval_<key>_loss``)."""
         import time
 
+        if self._evaluates_on_workers():
+            from .runtime.remote_eval import evaluate_on_workers
+
+            return evaluate_on_workers(self, "evaluate", dict(eval_dataset=eval_dataset, ignore_keys=ignore_keys,
+                                                              metric_key_prefix=metric_key_prefix))
         datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
         if isinstance(datasets, dict):
             metrics = {}
@@ -524,6 +532,11 @@ class Trainer:
         """Predictions (and metrics, when labels are present) on ``test_dataset``."""
         import time
 
+        if self._evaluates_on_workers():
+            from .runtime.remote_eval import evaluate_on_workers
+
+            return evaluate_on_workers(self, "predict", dict(test_dataset=test_dataset, ignore_keys=ignore_keys,
+                                                             metric_key_prefix=metric_key_prefix))
         dataloader = self.get_test_dataloader(test_dataset)
         start = time.time()
         output = self.evaluation_loop(dataloader, description="Prediction", ignore_keys=ignore_keys,
@@ -531,6 +544,13 @@ class Trainer:
         output.metrics.update(self._eval_speed(metric_key_prefix, start, output.num_samples))
         self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics=output.metrics)
         return PredictionOutput(predictions=output.predictions, label_ids=output.label_ids, metrics=output.metrics)
+
+    def _evaluates_on_workers(self) -> bool:
+        """Evaluation runs where the model lives: on Ray Train workers for a multi-worker
+        ScalingConfig (the workers' own rebuilt Trainer, and evaluations during training, run here)."""
+        from .runtime.scaling import is_local_mode
+
+        return not self.is_in_train and self._run is None and not is_local_mode(self.scaling_config)
 
     def _eval_speed(self, prefix: str, start: float, num_samples: int) -> dict:
         import math
@@ -577,8 +597,14 @@ class Trainer:
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Write the model (safetensors unless ``save_safetensors=False``), the processing class and
         ``training_args.json`` to ``output_dir``."""
-        if self.is_world_process_zero():
-            _checkpoint.save_model_folder(self, output_dir or self.args.output_dir)
+        folder = output_dir or self.args.output_dir
+        if self.final_model_dir is not None and self._model_strategy is None:
+            if self.is_world_process_zero():  # trained sharded on workers: their consolidated weights
+                _checkpoint.copy_model_folder(self, self.final_model_dir, folder)
+            return
+        strategy = self._model_strategy  # a sharded model: every rank takes part in gathering its weights
+        if strategy is not None or self.is_world_process_zero():
+            _checkpoint.save_model_folder(self, folder, strategy)
 
     def is_world_process_zero(self) -> bool:
         return self.args.process_index == 0

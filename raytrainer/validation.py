@@ -217,8 +217,9 @@ def _check_training_features(trainer) -> None:
         raise ValueError(f"TrainingArguments.neftune_noise_alpha needs a model with get_input_embeddings(); "
                          f"{type(model).__name__} has none.")
     if args.fsdp or args.deepspeed:
-        raise ValueError("TrainingArguments.fsdp/deepspeed: raytrainer does not run FSDP or DeepSpeed yet; "
-                         "remove the setting to train with plain data parallelism.")
+        from .parallel.checks import check_sharding
+
+        check_sharding(args, model)  # option errors, FSDP2 notes, DeepSpeed installed: here, not on a worker
     if is_local_mode(trainer.scaling_config):
         choose_precision(args, args.device)  # fp16 on a machine without CUDA fails here, not mid-run
     elif (args.fp16 or args.fp16_full_eval) and trainer.scaling_config is not None and not trainer.scaling_config.use_gpu:

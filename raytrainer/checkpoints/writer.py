@@ -20,13 +20,34 @@ from .layout import (
 from .weights import save_weights
 
 
-def save_model_folder(trainer, output_dir: str) -> None:
-    """``Trainer.save_model``: weights, the processing class and ``training_args.json``."""
-    save_weights(trainer.model, output_dir, trainer.args.save_safetensors)
+def save_model_folder(trainer, output_dir: str, strategy=None) -> None:
+    """``Trainer.save_model``: weights, the processing class and ``training_args.json``. With the
+    ``strategy`` of a sharded model every rank calls this, to gather the weights; rank 0 writes."""
+    if strategy is not None:
+        strategy.save_model(trainer, output_dir)
+    if not trainer.is_world_process_zero():
+        return
+    if strategy is None:
+        save_weights(trainer.model, output_dir, trainer.args.save_safetensors)
+    _save_extras(trainer, output_dir)
+
+
+def _save_extras(trainer, output_dir: str) -> None:
     processing_class = trainer.processing_class
     if processing_class is not None and callable(getattr(processing_class, "save_pretrained", None)):
         processing_class.save_pretrained(output_dir)
     _write_text(os.path.join(output_dir, TRAINING_ARGS_NAME), trainer.args.to_json_string())
+
+
+def copy_model_folder(trainer, source: str, output_dir: str) -> None:
+    """``Trainer.save_model`` on the driver of a sharded run: the weights the workers consolidated in
+    ``source`` (copied, not loaded), the processing class and ``training_args.json``."""
+    os.makedirs(output_dir, exist_ok=True)
+    if os.path.abspath(source) != os.path.abspath(output_dir):
+        for name in os.listdir(source):
+            if not name.startswith("."):
+                shutil.copy2(os.path.join(source, name), os.path.join(output_dir, name))
+    _save_extras(trainer, output_dir)
 
 
 def save_checkpoint(trainer, model, run) -> str:

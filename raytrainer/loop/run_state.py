@@ -50,12 +50,12 @@ class RunState:
                    sink=context.checkpoint_sink() if context else None)
 
     @classmethod
-    def for_evaluation(cls, args, train_batch_size: int, strategy=None) -> "RunState":
+    def for_evaluation(cls, args, train_batch_size: int, strategy=None, context=None) -> "RunState":
         """An evaluation outside training, with the strategy of the model it evaluates (a replicated
-        model unless a sharded one was prepared for it)."""
+        model unless a sharded one was prepared for it), in ``context`` (None: this process)."""
         device = args.device
         strategy = strategy or DataParallel(args)
-        return cls(context=None, strategy=strategy, device=device, train_batch_size=train_batch_size,
+        return cls(context=context, strategy=strategy, device=device, train_batch_size=train_batch_size,
                    precision=strategy.precision(choose_precision(args, device, training=False)))
 
     def on_release(self, undo: Callable) -> None:

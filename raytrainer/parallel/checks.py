@@ -1,0 +1,21 @@
+"""The driver's checks of ``fsdp`` / ``deepspeed`` before any worker starts."""
+
+import importlib.util
+
+
+def check_sharding(args, model) -> None:
+    if args.deepspeed:
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ImportError("TrainingArguments.deepspeed is set, but DeepSpeed is not installed here. Install it "
+                              "with `pip install 'raytrainer[deepspeed]'` (or `pip install deepspeed`) on the driver "
+                              "and in the workers' environment, or remove the deepspeed setting.")
+        from .deepspeed_config import build_config
+
+        build_config(args, model)  # errors in the config or its "auto" values are reported now
+        return
+    from .fsdp import wrapped_units
+    from .fsdp_config import fsdp_settings
+
+    settings = fsdp_settings(args, warn=True)
+    if settings is not None:
+        wrapped_units(model, settings)  # the layer classes named exist in the model
