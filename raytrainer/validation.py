@@ -219,7 +219,7 @@ def _check_training_features(trainer) -> None:
     if args.fsdp or args.deepspeed:
         from .parallel.checks import check_sharding
 
-        check_sharding(args, model)  # option errors, FSDP2 notes, DeepSpeed installed: here, not on a worker
+        check_sharding(args, model, num_workers(trainer.scaling_config) or 1)  # option errors, FSDP2 notes, DeepSpeed installed: here, not on a worker
     if is_local_mode(trainer.scaling_config):
         choose_precision(args, args.device)  # fp16 on a machine without CUDA fails here, not mid-run
     elif (args.fp16 or args.fp16_full_eval) and trainer.scaling_config is not None and not trainer.scaling_config.use_gpu:

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import RegressionDataset, RegressionModel
+from conftest import RegressionDataset, RegressionModel, assert_same_logs
 
 from raytrainer import Trainer
 from raytrainer.checkpoints.weights import load_weights
@@ -72,3 +72,32 @@ def test_fsdp_best_model_and_full_state_dict_checkpoints(make_args, tmp_path):
     weights = _full(model)
     for name, value in from_file.state_dict().items():  # the best weights were loaded at the end
         torch.testing.assert_close(weights[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_trains_like_plain_and_resumes_exactly(make_args, tmp_path, stage):
+    pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'raytrainer[deepspeed]'")
+    torch.manual_seed(0)
+    model, reference, resumed = RegressionModel(), RegressionModel(), RegressionModel()
+    reference.load_state_dict(model.state_dict())
+    resumed.load_state_dict(model.state_dict())
+    config = {"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": "auto",
+              "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
+    plain = _trainer(make_args, reference, output_dir=str(tmp_path / "plain"), gradient_accumulation_steps=2)
+    plain.train()
+    zero = _trainer(make_args, model, deepspeed=config, gradient_accumulation_steps=2)
+    zero.train()
+    assert_same_logs(zero.state.log_history[:-1], plain.state.log_history[:-1], ("loss", "grad_norm", "learning_rate"))
+    assert {"global_step3", "latest", "scheduler.pt"} <= set(os.listdir(os.path.join(zero.args.output_dir, "checkpoint-3")))
+    zero.save_model(str(tmp_path / "saved"))
+    saved = RegressionModel()
+    load_weights(saved, str(tmp_path / "saved"))
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(saved.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
+    again = _trainer(make_args, resumed, deepspeed=config, gradient_accumulation_steps=2)
+    again.train(resume_from_checkpoint=os.path.join(zero.args.output_dir, "checkpoint-3"))
+    again.save_model(str(tmp_path / "again"))
+    from_resume = RegressionModel()
+    load_weights(from_resume, str(tmp_path / "again"))
+    for name, value in saved.state_dict().items():
+        torch.testing.assert_close(from_resume.state_dict()[name], value, rtol=0, atol=0, msg=name)

@@ -3,7 +3,7 @@
 import importlib.util
 
 
-def check_sharding(args, model) -> None:
+def check_sharding(args, model, world_size: int = 1) -> None:
     if args.deepspeed:
         if importlib.util.find_spec("deepspeed") is None:
             raise ImportError("TrainingArguments.deepspeed is set, but DeepSpeed is not installed here. Install it "
@@ -11,7 +11,7 @@ def check_sharding(args, model) -> None:
                               "and in the workers' environment, or remove the deepspeed setting.")
         from .deepspeed_config import build_config
 
-        build_config(args, model)  # errors in the config or its "auto" values are reported now
+        build_config(args, model, world_size=world_size)  # errors in the config or its "auto" values are reported now
         return
     from .fsdp import wrapped_units
     from .fsdp_config import fsdp_settings

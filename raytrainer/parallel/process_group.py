@@ -6,6 +6,8 @@ single-rank group is started in this process with an in-memory store (no network
 for the life of the process, since the sharded model needs it for every later forward pass.
 """
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -20,4 +22,20 @@ def ensure_process_group(args) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed reads it (a launcher would set it)
     dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    _forget_deepspeed_groups()
+
+
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed caches the groups it first saw in module globals; after Ray's local mode destroyed
+    the earlier group (it does at the end of every local run), those are dead: drop them."""
+    import sys
+
+    comm, groups = sys.modules.get("deepspeed.comm.comm"), sys.modules.get("deepspeed.utils.groups")
+    if comm is not None:
+        comm.cdb = None
+    for name in dir(groups) if groups is not None else ():
+        if name.startswith("_") and name.endswith("_GROUP") and name.isupper():
+            value = getattr(groups, name)
+            setattr(groups, name, {} if isinstance(value, dict) else None)

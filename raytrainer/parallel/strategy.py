@@ -40,6 +40,10 @@ class DataParallel:
             wrapped = _wrap_ddp(wrapped, model, args)
         return wrapped
 
+    def prepare_for_evaluation(self, trainer) -> None:
+        """Prepare the Trainer's model as training would, for an evaluation outside training."""
+        trainer.model_wrapped = self.wrap(trainer, trainer.model)
+
     def create_optimizer_and_scheduler(self, trainer, wrapped, num_training_steps: int):
         """Build the optimizer and scheduler over the prepared model; returns what the loop trains."""
         trainer.create_optimizer_and_scheduler(num_training_steps=num_training_steps)

@@ -48,7 +48,7 @@ def remote_eval_loop(config: dict) -> None:
     strategy = choose_strategy(trainer.args)
     run = RunState.for_evaluation(trainer.args, trainer.args.train_batch_size, strategy, context=context)
     if strategy.shards_model:  # shard as training did, then the trained weights of final_model_dir
-        trainer.model_wrapped = strategy.wrap(trainer, trainer.model)
+        strategy.prepare_for_evaluation(trainer)
         if job.weights is not None:
             strategy.load_weights(trainer, job.weights)
     if context.rank == 0:
