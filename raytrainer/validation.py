@@ -106,13 +106,15 @@ def _check_callables(trainer, callbacks) -> None:
 
 
 def _check_ray_configs(trainer) -> None:
-    from ray.train import RunConfig, ScalingConfig
+    if trainer.scaling_config is not None or trainer.run_config is not None:
+        # imported only then: without Ray configs the loop can run where Ray is absent (benchmarks/gpu_check.sh)
+        from ray.train import RunConfig, ScalingConfig
 
-    if trainer.scaling_config is not None and not isinstance(trainer.scaling_config, ScalingConfig):
-        raise TypeError("Trainer: scaling_config must be a ray.train.ScalingConfig, got "
-                        f"{type(trainer.scaling_config).__name__}.")
-    if trainer.run_config is not None and not isinstance(trainer.run_config, RunConfig):
-        raise TypeError(f"Trainer: run_config must be a ray.train.RunConfig, got {type(trainer.run_config).__name__}.")
+        if trainer.scaling_config is not None and not isinstance(trainer.scaling_config, ScalingConfig):
+            raise TypeError("Trainer: scaling_config must be a ray.train.ScalingConfig, got "
+                            f"{type(trainer.scaling_config).__name__}.")
+        if trainer.run_config is not None and not isinstance(trainer.run_config, RunConfig):
+            raise TypeError(f"Trainer: run_config must be a ray.train.RunConfig, got {type(trainer.run_config).__name__}.")
     if not is_local_mode(trainer.scaling_config) and trainer.args.batch_eval_metrics:
         raise ValueError(
             "TrainingArguments.batch_eval_metrics=True is not supported with Ray Train workers (each worker "
