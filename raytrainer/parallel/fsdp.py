@@ -45,6 +45,7 @@ class FsdpStrategy(DataParallel):
 
         ensure_process_group(self.args)
         if isinstance(model, FSDPModule):  # sharded by an earlier run (a retry, a second train())
+            model.reset_iter_state()  # an out-of-memory error mid-step leaves FSDP's step state undefined
             self.root = model
         else:
             self.shard(model)
