@@ -11,7 +11,7 @@ from ray.cluster_utils import Cluster
 from ray.train import ScalingConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
-from conftest import RegressionDataset, RegressionModel  # noqa: E402
+from conftest import RegressionDataset, RegressionModel, runtime_env_for_tests  # noqa: E402
 
 from raytrainer import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
@@ -28,8 +28,7 @@ class RecordNode(TrainerCallback):
 def main(out):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
-    tests = os.path.dirname(os.path.abspath(__file__))
-    ray.init(address=cluster.address, runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests, os.path.dirname(tests)])}})
+    ray.init(address=cluster.address, runtime_env=runtime_env_for_tests())
     torch.manual_seed(0)
     args = TrainingArguments(output_dir=out, per_device_train_batch_size=4, max_steps=4, save_strategy="steps",
                              save_steps=2, logging_steps=1, disable_tqdm=True, report_to="none")

@@ -141,15 +141,22 @@ class TokenModel(nn.Module):
         return {"loss": loss, "logits": logits}
 
 
+def runtime_env_for_tests() -> dict:
+    """What raytrainer gives a local Ray instance it starts, with the tests' folder importable."""
+    from raytrainer.runtime.ray_session import local_instance_runtime_env
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    return local_instance_runtime_env([tests, os.path.dirname(tests)])
+
+
 @pytest.fixture(scope="module")
 def ray_instance():
     """A local Ray instance (2 CPUs) for one test module's multi-worker or Tune tests; its workers
     import the tests' helper modules. Never an existing cluster: ``address="local"``."""
     import ray
 
-    tests = os.path.dirname(os.path.abspath(__file__))
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([tests, os.path.dirname(tests)])}})
+             runtime_env=runtime_env_for_tests())
     yield
     ray.shutdown()
 

@@ -16,7 +16,6 @@ from ray.tune.search import BasicVariantGenerator
 from raytrainer import Trainer, TrainingArguments
 from raytrainer.checkpoints import load_weights
 
-TESTS = os.path.dirname(__file__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 GOOD_LR, SLOW_LR, BAD_LR = 0.05, 0.01, 1e-6
 

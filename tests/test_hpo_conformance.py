@@ -2,7 +2,6 @@
 own process, on two Ray Train workers). The same space gives the same best trial, its
 objective equals a plain training run with the best value, and its checkpoint holds that model."""
 
-import os
 
 import optuna
 import pytest
@@ -13,7 +12,6 @@ from ray.train import ScalingConfig
 from raytrainer import Trainer, TrainingArguments
 from raytrainer.checkpoints import load_weights
 
-TESTS = os.path.dirname(__file__)
 GOOD_LR, BAD_LR = 0.05, 1e-6
 # per-device batch for each kind of trial: two workers x 4 is one process x 8
 KINDS = {"in_process": (None, 8), "workers": (ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}), 4)}

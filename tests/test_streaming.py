@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
-from conftest import RegressionDataset, RegressionModel, assert_same_logs
+from conftest import RegressionDataset, RegressionModel, assert_same_logs, runtime_env_for_tests
 from ray.train import ScalingConfig
 
 import raytrainer
@@ -30,14 +30,13 @@ from raytrainer.data.stream_batches import (
 from raytrainer.data.stream_shards import torch_trainer_data
 from raytrainer.runtime.payload import blueprint_of
 
-TESTS = os.path.dirname(__file__)
 OBJECT_STORE_BYTES = 80 * 1024**2  # Ray's minimum is 75 MiB
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
     ray.init(address="local", num_cpus=2, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([TESTS, os.path.dirname(TESTS)])}})
+             runtime_env=runtime_env_for_tests())
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     yield

@@ -7,6 +7,7 @@ the environment, or ``TrainingArguments(log_level="debug")``.
 """
 
 import contextlib
+import importlib.util
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ _RAY_LOGGERS = ("ray.train", "ray.tune", "ray.data")
 # A helper actor of Ray Train polls the state API, which needs the dashboard (``ray[default]``);
 # without it, it warns twice a second in every multi-worker run. Nothing is wrong for the user.
 _NOISY_WORKER_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+_NO_API_SERVER = "http://127.0.0.1:9"  # the discard port: nothing answers, requests fail at once
 
 
 def ray_logs_wanted(args=None) -> bool:
@@ -28,8 +30,7 @@ def ray_logs_wanted(args=None) -> bool:
 
 def ensure_ray() -> None:
     """Connect to the cluster in ``RAY_ADDRESS`` (or the one already joined), else start a local
-    Ray instance. A local instance gets this process's import path, so the modules a script
-    imports its model and dataset classes from import on the workers too."""
+    Ray instance (see ``local_instance_runtime_env``)."""
     import ray
 
     if ray.is_initialized():
@@ -38,29 +39,43 @@ def ensure_ray() -> None:
         ray.init()
         return
     paths = [p for p in sys.path if p and os.path.isdir(p)]
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
     if ray_logs_wanted():
-        ray.init(runtime_env=runtime_env)
+        ray.init(runtime_env=local_instance_runtime_env(paths))
         return
-    runtime_env["worker_process_setup_hook"] = f"{__name__}.quiet_worker_process"
     ray_logger = logging.getLogger("ray")
     level = ray_logger.level
     try:  # without "Started a local Ray instance" and the token-auth notice
-        ray.init(runtime_env=runtime_env, logging_level=logging.ERROR)
+        ray.init(runtime_env=local_instance_runtime_env(paths), logging_level=logging.ERROR)
     finally:
         ray_logger.setLevel(level)
 
 
-def quiet_worker_process() -> None:
-    """Run by Ray in every worker process of a local instance started here (see ``ensure_ray``)."""
+def local_instance_runtime_env(import_paths) -> dict:
+    """The runtime environment of a local Ray instance started by raytrainer (or its tests).
+
+    Its workers get the driver's import path, so the modules a script imports its model and
+    dataset classes from import there too. And Ray Train's helper actors find this instance's
+    state API, not another one on the same machine: without the dashboard (``ray[default]``),
+    Ray's lookup falls back to the default dashboard port, where another cluster may answer that
+    this run's controller does not exist, and the helper then removes the run's placement group
+    (its workers die). Pointing the state API nowhere makes that helper's checks fail harmlessly.
+    """
+    env_vars = {"PYTHONPATH": os.pathsep.join(import_paths)}
+    if importlib.util.find_spec("aiohttp") is None:  # no dashboard, so no state API of its own
+        env_vars["RAY_API_SERVER_ADDRESS"] = _NO_API_SERVER
+    return {"env_vars": env_vars, "worker_process_setup_hook": f"{__name__}.prepare_worker_process"}
+
+
+def prepare_worker_process() -> None:
+    """Run by Ray in every worker process of a local instance started here."""
     import ray
 
-    quiet_train_worker()
-    for name in _NOISY_WORKER_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # Ray Train's helper actors look this cluster up by address; with several Ray instances on
-    # the machine (other users, tests) an unset address makes them fail loudly
+    # the state API of this instance, not of the Ray instance started last on the machine
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    if not ray_logs_wanted():
+        quiet_train_worker()
+        for name in _NOISY_WORKER_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def quiet_train_worker() -> None:
