@@ -101,3 +101,17 @@ def test_deepspeed_zero_trains_like_plain_and_resumes_exactly(make_args, tmp_pat
     load_weights(from_resume, str(tmp_path / "again"))
     for name, value in saved.state_dict().items():
         torch.testing.assert_close(from_resume.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_rank_group_ends_with_the_module():
+    """A local sharded run keeps its one-rank process group for later evaluations and saves; other
+    test modules (transformers/accelerate comparisons) must not find it."""
+    had_local_rank = "LOCAL_RANK" in os.environ
+    yield
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if not had_local_rank:
+        os.environ.pop("LOCAL_RANK", None)  # set for DeepSpeed's one-rank runs

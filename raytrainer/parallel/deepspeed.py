@@ -17,7 +17,7 @@ from ..checkpoints.layout import DEEPSPEED_LATEST
 from ..checkpoints.weights import load_weights, read_state_dict, save_weights
 from .deepspeed_config import build_config, zero_stage
 from .lockstep import lockstep_batches
-from .process_group import ensure_process_group
+from .process_group import ensure_process_group, set_launcher_environment
 from .strategy import DataParallel
 
 
@@ -45,6 +45,7 @@ class DeepSpeedStrategy(DataParallel):
 
         ensure_process_group(self.args)
         config = {k: v for k, v in build_config(self.args, trainer.model).items() if k not in ("optimizer", "scheduler")}
+        set_launcher_environment()
         self.engine = deepspeed.initialize(model=trainer.model, config=config)[0]
         trainer.model_wrapped = self.engine
 
@@ -55,6 +56,7 @@ class DeepSpeedStrategy(DataParallel):
         options = {"model": trainer.model, "config": config, "model_parameters": trainer.model.parameters()}
         if "optimizer" not in config:
             options["optimizer"] = trainer.create_optimizer()
+        set_launcher_environment()
         engine, optimizer, _, scheduler = deepspeed.initialize(**options)
         if scheduler is None:  # the Trainer's schedule over the optimizer's parameter groups
             scheduler = trainer.create_scheduler(num_training_steps, optimizer=options.get("optimizer", optimizer))

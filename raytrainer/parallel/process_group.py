@@ -22,9 +22,15 @@ def ensure_process_group(args) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed reads it (a launcher would set it)
     dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     _forget_deepspeed_groups()
+
+
+def set_launcher_environment() -> None:
+    """DeepSpeed insists on the ``LOCAL_RANK`` a launcher sets, and ZeRO-3 reads it on every step;
+    Ray Train sets it on its workers, a one-rank run in this process gets 0 (for the process's
+    lifetime, like the group itself; note that accelerate then takes the process for a launched one)."""
+    os.environ.setdefault("LOCAL_RANK", "0")
 
 
 def _forget_deepspeed_groups() -> None:
