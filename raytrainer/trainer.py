@@ -179,6 +179,7 @@ class Trainer:
                 set_seed(self.args.seed)
             self.model = self.model_wrapped = self.call_model_init(_user_trial(trial))
         check_output_locations(self.args)
+        self.final_model_dir = None  # an earlier sharded run's weights are not this run's
         return run_training(self, TrainRequest(resume_from_checkpoint, trial, ignore_keys_for_eval))
 
     @contextlib.contextmanager

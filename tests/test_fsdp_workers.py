@@ -71,3 +71,24 @@ def test_fsdp_on_two_workers_trains_like_data_parallelism_and_resumes_on_one(tmp
     load_weights(again, one.final_model_dir)
     for name, value in reference.state_dict().items():
         torch.testing.assert_close(again.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_deepspeed_zero3_on_two_workers_trains_like_data_parallelism(tmp_path):
+    pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'raytrainer[deepspeed]'")
+    torch.manual_seed(0)
+    model, reference = RegressionModel(), RegressionModel()
+    reference.load_state_dict(model.state_dict())
+    train, dev = RegressionDataset(40), RegressionDataset(13, seed=4)
+    config = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto",
+              "train_batch_size": "auto", "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
+    zero = Trainer(model=model, args=_args(tmp_path / "zero3", 4, deepspeed=config, save_strategy="no"),
+                   train_dataset=train, scaling_config=ScalingConfig(num_workers=2))
+    output = zero.train()
+    local = Trainer(model=reference, args=_args(tmp_path / "local", 8, save_strategy="no"), train_dataset=train)
+    assert output.training_loss == pytest.approx(local.train().training_loss, rel=1e-5)
+    trained = RegressionModel()
+    load_weights(trained, zero.final_model_dir)  # ZeRO-3's partitions, gathered into one file
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(trained.state_dict()[name], value, rtol=0, atol=1e-5, msg=name)
+    metrics = zero.evaluate(dev)  # on the workers: a ZeRO-3 engine holding the trained weights
+    assert metrics["eval_loss"] == pytest.approx(local.evaluate(dev)["eval_loss"], rel=1e-5)

@@ -116,9 +116,6 @@ class DataParallel:
         """The evaluation batches of this rank. Replicated models need nothing across ranks."""
         return dataloader
 
-    def release(self) -> None:
-        """Free what the run holds beyond the model (engines, hooks)."""
-
 
 def _compiled(model, args):
     if not args.torch_compile:
