@@ -32,9 +32,14 @@ class GroupSetters:
         gradient_accumulation_steps: int = 1,
         seed: int = 42,
         gradient_checkpointing: bool = False,
+        activation_checkpointing: Optional[bool] = None,
     ) -> "TrainingArguments":
-        """Set the basic training knobs and ``do_train=True``; returns ``self``."""
+        """Set the basic training knobs and ``do_train=True``; returns ``self``.
+        ``activation_checkpointing`` (v5 name) wins over ``gradient_checkpointing`` when given."""
+        if activation_checkpointing is not None:
+            gradient_checkpointing = activation_checkpointing
         return self._apply(
+            activation_checkpointing=None,
             do_train=True,
             learning_rate=learning_rate,
             per_device_train_batch_size=batch_size,
@@ -54,9 +59,12 @@ class GroupSetters:
         accumulation_steps: Optional[int] = None,
         delay: Optional[float] = None,
         loss_only: bool = False,
+        jit_mode: bool = False,
     ) -> "TrainingArguments":
-        """Set the evaluation knobs (``do_eval`` follows the strategy); returns ``self``."""
+        """Set the evaluation knobs (``do_eval`` follows the strategy); returns ``self``.
+        ``jit_mode`` (v4) sets ``jit_mode_eval``."""
         return self._apply(
+            jit_mode_eval=jit_mode,
             eval_strategy=strategy,
             do_eval=IntervalStrategy.parse(strategy, "strategy") != IntervalStrategy.NO,
             eval_steps=steps,
@@ -66,10 +74,12 @@ class GroupSetters:
             prediction_loss_only=loss_only,
         )
 
-    def set_testing(self, batch_size: int = 8, loss_only: bool = False) -> "TrainingArguments":
-        """Set the test-set knobs and ``do_predict=True``; returns ``self``."""
+    def set_testing(self, batch_size: int = 8, loss_only: bool = False, jit_mode: bool = False) -> "TrainingArguments":
+        """Set the test-set knobs and ``do_predict=True``; returns ``self``. ``jit_mode`` (v4)
+        sets ``jit_mode_eval``."""
         return self._apply(
-            do_predict=True, per_device_eval_batch_size=batch_size, prediction_loss_only=loss_only
+            do_predict=True, per_device_eval_batch_size=batch_size, prediction_loss_only=loss_only,
+            jit_mode_eval=jit_mode,
         )
 
     def set_save(
@@ -157,9 +167,12 @@ class GroupSetters:
         num_epochs: float = 3.0,
         max_steps: int = -1,
         warmup_steps: float = 0,
+        warmup_ratio: float = 0,
     ) -> "TrainingArguments":
-        """Set the schedule, its length and warmup (count, or ratio below 1); returns ``self``."""
+        """Set the schedule, its length and warmup (count, or ratio below 1); returns ``self``.
+        ``warmup_ratio`` is the v4 way to give a ratio; ``warmup_steps`` wins when both are set."""
         return self._apply(
+            warmup_ratio=warmup_ratio,
             lr_scheduler_type=name,
             num_train_epochs=num_epochs,
             max_steps=max_steps,
@@ -178,9 +191,13 @@ class GroupSetters:
         auto_find_batch_size: bool = False,
         ignore_data_skip: bool = False,
         sampler_seed: Optional[int] = None,
+        multiprocessing_context: Optional[str] = None,
+        in_order: bool = True,
     ) -> "TrainingArguments":
         """Set the data-loading knobs; returns ``self``."""
         return self._apply(
+            dataloader_multiprocessing_context=multiprocessing_context,
+            dataloader_in_order=in_order,
             per_device_train_batch_size=train_batch_size,
             per_device_eval_batch_size=eval_batch_size,
             dataloader_drop_last=drop_last,

@@ -21,6 +21,7 @@ from datetime import datetime
 from raytrainer.enums import (
     DebugOption,
     FSDPOption,
+    METRIC_SCHEDULER_TYPES,
     HubStrategy,
     IntervalStrategy,
     OptimizerNames,
@@ -50,12 +51,9 @@ KNOWN_INTEGRATIONS = frozenset(
         "mlflow", "neptune", "swanlab", "tensorboard", "trackio", "wandb",
     }
 )
-# Integrations raytrainer implements; the others are accepted and reported as ignored.
-SHIPPED_INTEGRATIONS = frozenset()
-HUB_FIELDS = (
-    "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push",
-    "hub_revision",
-)
+# Integrations raytrainer implements (raytrainer.integrations); the others are accepted and
+# reported as ignored.
+SHIPPED_INTEGRATIONS = frozenset({"mlflow", "tensorboard", "wandb"})
 
 
 def normalise_and_validate(args) -> None:
@@ -271,9 +269,9 @@ def _resolve_best_model(args) -> None:
             "save_strategy='best' saves when the evaluation metric improves, so it needs "
             "evaluation: set eval_strategy to 'steps' or 'epoch'."
         )
-    if args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU and not evaluates:
+    if args.lr_scheduler_type in METRIC_SCHEDULER_TYPES and not evaluates:
         raise ValueError(
-            "lr_scheduler_type='reduce_lr_on_plateau' steps on an evaluation metric: "
+            f"lr_scheduler_type='{args.lr_scheduler_type.value}' steps on an evaluation metric: "
             "set eval_strategy to 'steps' or 'epoch'."
         )
     if args.load_best_model_at_end:
@@ -281,7 +279,7 @@ def _resolve_best_model(args) -> None:
     wants_metric = (
         args.load_best_model_at_end
         or args.save_strategy == SaveStrategy.BEST
-        or args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU
+        or args.lr_scheduler_type in METRIC_SCHEDULER_TYPES
     )
     if args.metric_for_best_model is None and wants_metric:
         args.metric_for_best_model = "loss"
@@ -462,9 +460,12 @@ def _normalise_report_to(value) -> list:
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise ValueError(f"report_to must be a str or a list of str, got {value!r}.")
-    # "all" means "every installed integration we ship"; none are shipped, so it reports nowhere.
-    if "none" in names or "all" in names:
+    if "none" in names:
         return []
+    if "all" in names:  # every shipped integration whose library is installed, as HF resolves it
+        from raytrainer.integrations import installed_integrations
+
+        return installed_integrations()
     unknown = [n for n in names if n not in KNOWN_INTEGRATIONS]
     if unknown:
         choices = ", ".join(sorted(KNOWN_INTEGRATIONS))
@@ -532,6 +533,13 @@ def validate_generation_settings(args) -> None:
     _check_int(args, "generation_num_beams", 1, optional=True)
     _check_bool(args, "sortish_sampler")
     _check_bool(args, "predict_with_generate")
+    if args.sortish_sampler:
+        # a "sortish" order (shuffle, then sort chunks of ~50 batches by length, longest first) is
+        # exactly what the length-grouped sampler draws
+        if args.train_sampling_strategy == "sequential":
+            raise ValueError("sortish_sampler=True and train_sampling_strategy='sequential' ask for two different "
+                             "orders; keep one.")
+        args.group_by_length = True
     config = args.generation_config
     if isinstance(config, os.PathLike):
         args.generation_config = os.fspath(config)
@@ -565,14 +573,11 @@ def list_ignored_settings(args) -> list:
          "use_mps_device: deprecated; the device is chosen on each Ray worker"),
         (args.torchdynamo is not None,
          "torchdynamo: deprecated and not read; use torch_compile_backend instead"),
-        (args.push_to_hub, "push_to_hub: raytrainer does not upload to the Hugging Face Hub"),
         (args.use_liger_kernel, "use_liger_kernel: Liger kernels are not integrated"),
         (args.local_rank != -1,
          "local_rank: Ray Train assigns ranks to its workers; this value is not read"),
         (DebugOption.UNDERFLOW_OVERFLOW in args.debug,
          "debug='underflow_overflow': the underflow/overflow detector is not implemented"),
-        (not args.skip_memory_metrics,
-         "skip_memory_metrics=False: memory metrics are not collected; use Ray's dashboard"),
         (args.optim_target_modules is not None,
          "optim_target_modules: only GaLore/APOLLO optimizers read it, and raytrainer ships neither"),
         (args.split_batches is not None or bool(args.accelerator_config),
@@ -581,9 +586,6 @@ def list_ignored_settings(args) -> list:
          "fsdp_config: has no effect while fsdp is empty; set fsdp (e.g. 'full_shard') to use it"),
     ]
     notes = [text for applies, text in checks if applies]
-    for name in HUB_FIELDS:
-        if getattr(args, name) != defaults[name]:
-            notes.append(f"{name}: raytrainer does not upload to the Hugging Face Hub")
     for integration in args.report_to:
         if integration not in SHIPPED_INTEGRATIONS:
             notes.append(

@@ -199,6 +199,9 @@ class HfArgumentParser(argparse.ArgumentParser):
             converter = _scalar_converter(cli_type)
             self._converters[item.name] = converter  # lists are left to the dataclass
         kwargs["type"] = converter
+        if cli_type is str and bool in members:
+            # str-or-bool fields (include_num_input_tokens_seen): a bare "--flag" means True
+            kwargs.update(nargs="?", const=True)
         if isinstance(converter, _ChoiceConverter):
             kwargs["metavar"] = converter.metavar
         target.add_argument(*options, **kwargs)

@@ -3,7 +3,7 @@
 Field names and defaults follow the Trainer documentation; where the v4 and v5 pages disagree the
 v5 default wins and the field says so. ``__post_init__`` normalises and validates everything on the
 driver (see ``raytrainer._args_validation``), so the instance that is pickled to the Ray workers is
-already known to be consistent. Fields that cannot take effect on this stack (TPU, Apex, Hub upload,
+already known to be consistent. Fields that cannot take effect on this stack (TPU, Apex,
 ...) are accepted, listed by ``ignored_settings()`` and reported in one ``UserWarning``.
 """
 
@@ -22,6 +22,7 @@ from typing import Any, Optional, Union
 
 from raytrainer import _args_validation as _validation
 from raytrainer._args_setters import GroupSetters
+from raytrainer.compat import v4_names, v5_fields
 from raytrainer.enums import (
     DebugOption,
     FSDPOption,
@@ -128,7 +129,9 @@ class TrainingArguments(GroupSetters):
     warmup_steps: float = _arg(  # v5: an int count, or a float in [0, 1) read as a ratio
         0, "Warmup steps; a value below 1 is a ratio of total steps. Overrides warmup_ratio."
     )
-    optim: Union[OptimizerNames, str] = _arg("adamw_torch", "Optimizer name.")
+    optim: Union[OptimizerNames, str] = _arg(  # v5: the fused AdamW kernel where torch has it
+        v5_fields.default_optimizer_name(), "Optimizer name."
+    )
     optim_args: Optional[str] = _arg(None, "Extra optimizer arguments as 'key=value,key=value'.")
     optim_target_modules: Union[None, str, list[str]] = _arg(
         None, "Module names that GaLore-style optimizers target."
@@ -139,6 +142,13 @@ class TrainingArguments(GroupSetters):
     gradient_checkpointing_kwargs: Optional[Union[dict, str]] = _arg(
         None, "Keyword arguments for gradient_checkpointing_enable (dict or JSON)."
     )
+    activation_checkpointing: Optional[bool] = _arg(
+        None, "v5 name of gradient_checkpointing; when set, it wins over gradient_checkpointing."
+    )
+    activation_checkpointing_kwargs: Optional[Union[dict, str]] = _arg(
+        None, "v5 name of gradient_checkpointing_kwargs; when set, it wins."
+    )
+    use_cache: bool = _arg(False, "Sets model.config.use_cache (models with a config).")
     auto_find_batch_size: bool = _arg(False, "Halve the batch size on out-of-memory and retry.")
     average_tokens_across_devices: bool = _arg(
         True, "Average the token count across workers when normalising the loss."
@@ -154,12 +164,20 @@ class TrainingArguments(GroupSetters):
     logging_steps: float = _arg(500, "Steps between logs (or a ratio < 1 of total steps).")
     logging_nan_inf_filter: bool = _arg(True, "Leave nan/inf losses out of the logged average.")
     report_to: Union[None, str, list[str]] = _arg(  # v5 default "none" (v4: "all")
-        "none", "Integrations to report to; 'none' or 'all'."
+        "none", "Integrations to report to (tensorboard, mlflow, wandb); 'none', or 'all' installed."
     )
     disable_tqdm: Optional[bool] = _arg(None, "Disable progress bars.")
     skip_memory_metrics: bool = _arg(True, "Skip memory profiling in the metrics.")
     include_tokens_per_second: bool = _arg(False, "Report tokens per second per device.")
-    include_num_input_tokens_seen: bool = _arg(False, "Track the number of input tokens seen.")
+    include_num_input_tokens_seen: Union[str, bool] = _arg(  # v5: True means "all"
+        "no", "Count input tokens seen: 'all', 'non_padding' or 'no' (True/False: 'all'/'no')."
+    )
+    project: str = _arg("huggingface", "Project name for tracking integrations (Trackio).")
+    trackio_space_id: Optional[str] = _arg(None, "Trackio Space id (Trackio is not shipped).")
+    trackio_bucket_id: Optional[str] = _arg(None, "Trackio Bucket id (Trackio is not shipped).")
+    trackio_static_space_id: Optional[Union[str, bool]] = _arg(
+        None, "Trackio static Space (Trackio is not shipped)."
+    )
 
     # --- checkpoints
     save_strategy: Union[SaveStrategy, str] = _arg("steps", "When to save: no/steps/epoch/best.")
@@ -168,6 +186,9 @@ class TrainingArguments(GroupSetters):
     save_safetensors: bool = _arg(True, "Save state dicts with safetensors.")
     save_on_each_node: bool = _arg(False, "Save on every node instead of the main one only.")
     save_only_model: bool = _arg(False, "Save weights only (no optimizer/scheduler/RNG state).")
+    enable_jit_checkpoint: bool = _arg(
+        False, "Save a checkpoint and stop when SIGTERM arrives (always on for Ray workers)."
+    )
     restore_callback_states_from_checkpoint: bool = _arg(
         False, "Restore callback states from the checkpoint when resuming."
     )
@@ -190,6 +211,13 @@ class TrainingArguments(GroupSetters):
     label_names: Optional[list[str]] = _arg(None, "Input keys that hold the labels.")
     group_by_length: bool = _arg(False, "Batch samples of similar length together.")
     length_column_name: str = _arg("length", "Column with precomputed lengths.")
+    train_sampling_strategy: str = _arg(
+        "random", "Training order: random, sequential, group_by_length or batch_rebalance."
+    )
+    dataloader_multiprocessing_context: Optional[str] = _arg(
+        None, "Start method of loader processes: fork, spawn or forkserver."
+    )
+    dataloader_in_order: bool = _arg(True, "Yield batches in dispatch order (False: as ready).")
 
     # --- precision and compilation
     use_cpu: bool = _arg(False, "Train on CPU even when a GPU is present.")
@@ -209,6 +237,7 @@ class TrainingArguments(GroupSetters):
     torch_compile_backend: Optional[str] = _arg(None, "torch.compile backend; sets torch_compile.")
     torch_compile_mode: Optional[str] = _arg(None, "torch.compile mode; implies torch_compile.")
     use_liger_kernel: bool = _arg(False, "Liger kernels (not integrated).")
+    liger_kernel_config: Optional[dict] = _arg(None, "Liger kernel options (not integrated).")
 
     # --- distribution
     local_rank: int = _arg(-1, "Process rank; Ray Train assigns ranks, so this is not read.")
@@ -216,6 +245,10 @@ class TrainingArguments(GroupSetters):
     ddp_find_unused_parameters: Optional[bool] = _arg(None, "DDP find_unused_parameters.")
     ddp_bucket_cap_mb: Optional[int] = _arg(None, "DDP bucket_cap_mb.")
     ddp_broadcast_buffers: Optional[bool] = _arg(None, "DDP broadcast_buffers.")
+    ddp_static_graph: Optional[bool] = _arg(None, "DDP static_graph.")
+    parallelism_config: Optional[Any] = _arg(
+        None, "accelerate ParallelismConfig (tp/cp/fsdp sizes; not used: Ray runs plain DDP)."
+    )
     ddp_timeout: int = _arg(1800, "Seconds before process-group operations time out.")
     fsdp: Union[list[FSDPOption], str, bool, None] = _arg(
         "", "FSDP options, e.g. 'full_shard auto_wrap'."
@@ -231,17 +264,51 @@ class TrainingArguments(GroupSetters):
     debug: Union[str, list[DebugOption]] = _arg("", "Debug features, space separated.")
     ray_scope: str = _arg("last", "Results Ray Tune compares: last/all/last-5-avg/last-10-avg.")
 
-    # --- Hugging Face Hub (accepted, reported as ignored: raytrainer does not upload)
-    push_to_hub: bool = _arg(False, "Push to the Hub (not supported).")
-    hub_model_id: Optional[str] = _arg(None, "Hub repository name (not used).")
-    hub_strategy: Union[HubStrategy, str] = _arg("every_save", "What to push and when (not used).")
-    hub_token: Optional[str] = _arg(None, "Hub token (not used; never printed).")
-    hub_private_repo: Optional[bool] = _arg(None, "Make the Hub repository private (not used).")
-    hub_always_push: bool = _arg(False, "Push even if the previous push is unfinished (not used).")
-    hub_revision: Optional[str] = _arg(None, "Hub revision to push to (v5; not used).")
+    # --- Hugging Face Hub (raytrainer.hub)
+    push_to_hub: bool = _arg(False, "Push the model to the Hub at each save (see hub_strategy).")
+    hub_model_id: Optional[str] = _arg(None, "Hub repository name; default: the name of output_dir.")
+    hub_strategy: Union[HubStrategy, str] = _arg(
+        "every_save", "What to push and when: end/every_save/checkpoint/all_checkpoints."
+    )
+    hub_token: Optional[str] = _arg(None, "Hub token (default: HF_TOKEN or the saved login; never written).")
+    hub_private_repo: Optional[bool] = _arg(None, "Create the Hub repository as private.")
+    hub_always_push: bool = _arg(False, "Push each save even while the previous push is running.")
+    hub_revision: Optional[str] = _arg(None, "Hub branch or revision to push to (v5).")
+
+    # --- transformers v4 spellings: accepted with a FutureWarning and moved to the v5 field
+    # (raytrainer.compat.v4_names); None means "not given", and they stay None afterwards.
+    evaluation_strategy: Optional[Union[IntervalStrategy, str]] = _arg(
+        None, "Deprecated: use eval_strategy."
+    )
+    per_gpu_train_batch_size: Optional[int] = _arg(
+        None, "Deprecated: use per_device_train_batch_size."
+    )
+    per_gpu_eval_batch_size: Optional[int] = _arg(None, "Deprecated: use per_device_eval_batch_size.")
+    no_cuda: Optional[bool] = _arg(None, "Deprecated: use use_cpu.")
+    adafactor: Optional[bool] = _arg(None, "Deprecated: use optim='adafactor'.")
+    fsdp_min_num_params: Optional[int] = _arg(
+        None, "Deprecated: use fsdp_config={'min_num_params': ...}."
+    )
+    fsdp_transformer_layer_cls_to_wrap: Optional[str] = _arg(
+        None, "Deprecated: use fsdp_config={'transformer_layer_cls_to_wrap': [...]}."
+    )
+    dispatch_batches: Optional[bool] = _arg(
+        None, "Deprecated: use accelerator_config={'dispatch_batches': ...}."
+    )
+    push_to_hub_model_id: Optional[str] = _arg(None, "Deprecated: use hub_model_id.")
+    push_to_hub_organization: Optional[str] = _arg(
+        None, "Deprecated: use hub_model_id='<organization>/<name>'."
+    )
+    push_to_hub_token: Optional[str] = _arg(None, "Deprecated: use hub_token.")
+    use_legacy_prediction_loop: Optional[bool] = _arg(
+        None, "Deprecated, no effect: evaluation_loop always runs."
+    )
+    mp_parameters: Optional[str] = _arg(None, "Deprecated, no effect: SageMaker model parallelism.")
 
     def __post_init__(self):
+        v4_names.move_deprecated_values(self, stacklevel=_user_stacklevel() + 1)
         _validation.normalise_and_validate(self)
+        v5_fields.normalise(self)
         notes = self.ignored_settings()
         if notes:
             lines = "\n".join(f"  - {note}" for note in notes)
@@ -253,7 +320,8 @@ class TrainingArguments(GroupSetters):
 
     def ignored_settings(self) -> list[str]:
         """Each field set to a non-default value that cannot apply here, with the reason."""
-        return _validation.list_ignored_settings(self)
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.init}
+        return _validation.list_ignored_settings(self) + v5_fields.ignored_settings(self, defaults)
 
     # ------------------------------------------------------------------ derived sizes and ranks
 
@@ -373,12 +441,15 @@ class TrainingArguments(GroupSetters):
     # ------------------------------------------------------------------ serialisation
 
     def to_dict(self) -> dict[str, Any]:
-        """Init fields as plain values: enums become strings, ``*_token`` values are masked."""
+        """Init fields as plain values: enums and torch dtypes become strings, ``*_token`` values
+        are masked. The v4 spellings are left out: their values already live in the v5 fields."""
         result = {}
         for item in dataclasses.fields(self):
-            if not item.init:
+            if not item.init or item.name in v4_names.DEPRECATED_FIELDS:
                 continue
             value = _plain(getattr(self, item.name))
+            if item.name == "parallelism_config":
+                value = v5_fields.plain_parallelism_config(value)
             if item.name.endswith("_token"):
                 value = f"<{item.name.upper()}>"
             result[item.name] = value
@@ -411,9 +482,12 @@ def _ceil_product(count: int, ratio: float) -> int:
 
 
 def _plain(value):
-    """Enums become their values; lists and dicts are copied so callers cannot mutate ``self``."""
+    """Enums become their values and torch dtypes their names (``torch.float32`` -> ``"float32"``,
+    as v5 writes them); lists and dicts are copied so callers cannot mutate ``self``."""
     if isinstance(value, Enum):
         return value.value
+    if type(value).__name__ == "dtype" and type(value).__module__ == "torch":
+        return str(value).rpartition(".")[2]
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -425,7 +499,9 @@ def _plain(value):
 class Seq2SeqTrainingArguments(TrainingArguments):
     """``TrainingArguments`` plus the generation settings that ``Seq2SeqTrainer`` reads."""
 
-    sortish_sampler: bool = _arg(False, "Sort samples by length within random chunks.")
+    sortish_sampler: bool = _arg(
+        False, "Sort samples by length within random chunks (the group_by_length sampler)."
+    )
     predict_with_generate: bool = _arg(False, "Use generate() to compute ROUGE/BLEU-style metrics.")
     generation_max_length: Optional[int] = _arg(None, "max_length for generate() in evaluation.")
     generation_num_beams: Optional[int] = _arg(None, "num_beams for generate() in evaluation.")

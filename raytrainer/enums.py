@@ -59,6 +59,11 @@ class SchedulerType(ExplicitEnum):
     COSINE_WITH_MIN_LR = "cosine_with_min_lr"
     COSINE_WARMUP_WITH_MIN_LR = "cosine_warmup_with_min_lr"
     WARMUP_STABLE_DECAY = "warmup_stable_decay"
+    GREEDY = "greedy"  # v5: follows the evaluation metric both ways (raytrainer.greedy_lr)
+
+
+# Schedules stepped with an evaluation metric after each evaluation, not after each optimizer step.
+METRIC_SCHEDULER_TYPES = (SchedulerType.REDUCE_ON_PLATEAU, SchedulerType.GREEDY)
 
 
 class OptimizerNames(ExplicitEnum):

@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from raytrainer.enums import SchedulerType
+from raytrainer.greedy_lr import GreedyLR, get_greedy_schedule
 
 _WSD_SHAPES = ("linear", "cosine", "1-sqrt")
 
@@ -365,9 +366,10 @@ TYPE_TO_SCHEDULER_FUNCTION = {
     SchedulerType.COSINE_WITH_MIN_LR: get_cosine_with_min_lr_schedule_with_warmup,
     SchedulerType.COSINE_WARMUP_WITH_MIN_LR: get_cosine_with_min_lr_schedule_with_warmup_lr_rate,
     SchedulerType.WARMUP_STABLE_DECAY: get_wsd_schedule,
+    SchedulerType.GREEDY: get_greedy_schedule,
 }
 # Schedules built from the optimizer alone, and those that need a warmup length but no total.
-_NO_STEP_COUNTS = (SchedulerType.CONSTANT, SchedulerType.REDUCE_ON_PLATEAU)
+_NO_STEP_COUNTS = (SchedulerType.CONSTANT, SchedulerType.REDUCE_ON_PLATEAU, SchedulerType.GREEDY)
 _WARMUP_ONLY = (SchedulerType.CONSTANT_WITH_WARMUP, SchedulerType.INVERSE_SQRT)
 # Passed by the dispatcher itself, so never accepted from lr_scheduler_kwargs.
 _DISPATCHER_ARGUMENTS = ("optimizer", "num_warmup_steps", "num_training_steps", "last_epoch")
@@ -410,6 +412,13 @@ def get_scheduler(
     )
 
 
+def steps_on_metric(scheduler) -> bool:
+    """Whether ``scheduler`` is stepped with an evaluation metric after each evaluation
+    (``ReduceLROnPlateau``, ``GreedyLR``: ours or transformers') instead of once per optimizer step;
+    decided by the object, so one passed through ``Trainer(optimizers=(opt, scheduler))`` counts."""
+    return isinstance(scheduler, (ReduceLROnPlateau, GreedyLR)) or type(scheduler).__name__ == "GreedyLR"
+
+
 def validate_scheduler_kwargs(name: str | SchedulerType, kwargs: Mapping | None) -> None:
     """Check ``lr_scheduler_kwargs`` against the schedule ``name`` without an optimizer, so the
     driver can refuse unknown keys and missing required ones before any worker starts."""
@@ -439,6 +448,8 @@ def _accepted_scheduler_kwargs(name: SchedulerType) -> list[str]:
     # Read from the signatures, so the accepted keys can never drift from what the functions take.
     if name == SchedulerType.REDUCE_ON_PLATEAU:
         target = ReduceLROnPlateau.__init__
+    elif name == SchedulerType.GREEDY:
+        target = GreedyLR.__init__
     else:
         target = TYPE_TO_SCHEDULER_FUNCTION[name]
     parameters = inspect.signature(target).parameters

@@ -1,10 +1,12 @@
 """``Seq2SeqTrainer``: evaluation and prediction through ``model.generate`` when
-``predict_with_generate=True``; training is the plain Trainer's."""
+``predict_with_generate=True``, with ``generation_config`` (see ``raytrainer.generation_config``);
+training is the plain Trainer's."""
 
 from typing import Optional
 
 import torch
 
+from .generation_config import generate_kwargs, load_generation_config
 from .nested import nested_detach
 from .trainer import Trainer
 
@@ -20,6 +22,13 @@ class Seq2SeqTrainer(Trainer):
         if self.args.predict_with_generate and not callable(getattr(self.model, "generate", None)):
             raise ValueError(f"Seq2SeqTrainingArguments.predict_with_generate=True, but {type(self.model).__name__} "
                              "has no generate() method.")
+        if getattr(self.args, "generation_config", None) is not None:  # it wins over the model's own
+            self.model.generation_config = load_generation_config(self.args.generation_config)
+
+    @staticmethod
+    def load_generation_config(gen_config_arg):
+        """``generation_config`` (an object, a dict, a path or a model name) as a checked config."""
+        return load_generation_config(gen_config_arg)
 
     def _with_default_generation(self, gen_kwargs: dict) -> dict:
         gen_kwargs = dict(gen_kwargs)
@@ -52,6 +61,7 @@ class Seq2SeqTrainer(Trainer):
         if has_labels and "decoder_input_ids" in generation_inputs:
             generation_inputs.pop("decoder_input_ids")
         core = getattr(model, "_orig_mod", model)
+        gen_kwargs = generate_kwargs(core.generate, getattr(core, "generation_config", None), gen_kwargs)
         with torch.no_grad():
             generated = core.generate(**generation_inputs, **gen_kwargs)
             loss = None

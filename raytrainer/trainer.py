@@ -20,21 +20,27 @@ from . import optim as _optim
 from . import schedules
 from .args import TrainingArguments
 from .callbacks import TrainerCallback, default_callback_handler
+from .compat.trainer_v4 import V4TrainerNames, processing_class_from, resume_from_v4_train_kwargs
 from .data import stream_shards, streaming
 from .data.collators import default_collator_for
 from .data.columns import RemoveColumnsCollator, remove_unused_hf_columns, signature_columns
 from .data.loaders import build_eval_dataloader, build_train_dataloader
-from .enums import SchedulerType
+from .hub import HubMethods
+from .integrations import added_callbacks
+from .logging_setup import apply_log_level
 from .loop.collectives import sum_over_ranks
 from .loop.evaluation import run_evaluation_loop, run_prediction_step
-from .loop.losses import LabelSmoother, loss_from_outputs
+from .loop.losses import loss_from_outputs
 from .loop.run_state import RunState, TrainRequest
 from .loop.training import fetch_batches
+from .memory_metrics import MemoryTracker
+from .model_settings import apply_model_settings, build_label_smoother
 from .modeling import count_parameters, estimate_training_flos, inspect_model, unwrap_model
 from .nested import move_to_device
 from .outputs import PredictionOutput, speed_metrics
 from .overrides import accepts_argument
 from .probe import probe_model
+from .runtime.ray_session import quiet_ray
 from .seeding import enable_full_determinism, set_seed
 from .state import TrainerControl, TrainerState
 from .validation import check_output_locations, rebuilt_on_worker, validate_trainer_inputs
@@ -42,7 +48,7 @@ from .validation import check_output_locations, rebuilt_on_worker, validate_trai
 logger = logging.getLogger("raytrainer")
 
 
-class Trainer:
+class Trainer(V4TrainerNames, HubMethods):
     """A training and evaluation loop for PyTorch models with the HF ``Trainer`` API, run by Ray Train.
 
     Arguments are those of ``transformers.Trainer`` plus Ray's own configuration objects:
@@ -79,11 +85,14 @@ class Trainer:
         *,
         scaling_config=None,
         run_config=None,
+        tokenizer=None,
     ):
         if args is None:
             args = TrainingArguments(output_dir="tmp_trainer")
         self.args = args
-        logger.setLevel(args.get_process_log_level())  # "passive" keeps the level the user set
+        self._memory_tracker = MemoryTracker(args.skip_memory_metrics)
+        self._memory_tracker.start("init")
+        apply_log_level(args)  # "passive" keeps the level the user set
         self.model_init = model_init
         self.hp_name = None
         # after a sharded train() on Ray workers: the folder of the consolidated trained weights (the
@@ -101,7 +110,7 @@ class Trainer:
         self.model_wrapped = model
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
-        self.processing_class = processing_class
+        self.processing_class = processing_class = processing_class_from(processing_class, tokenizer)
         self.data_collator = data_collator if data_collator is not None else default_collator_for(processing_class)
         self.compute_loss_func = compute_loss_func
         self.compute_metrics = compute_metrics
@@ -119,7 +128,7 @@ class Trainer:
         self.model_accepts_loss_kwargs = self._signature.accepts_loss_kwargs
         self.can_return_loss = self._signature.can_return_loss
         self.label_names = list(args.label_names) if args.label_names is not None else list(self._signature.label_names)
-        self.label_smoother = LabelSmoother(args.label_smoothing_factor) if args.label_smoothing_factor else None
+        self.label_smoother = build_label_smoother(args, model)
         self.is_model_parallel = False
         self.place_model_on_device = args.place_model_on_device
         self.neftune_noise_alpha = args.neftune_noise_alpha
@@ -133,13 +142,19 @@ class Trainer:
             is_world_process_zero=self.is_world_process_zero(),
         )
         self.control = TrainerControl()
-        self.callback_handler = default_callback_handler(args, callbacks, self.model, processing_class,
-                                                         self.optimizer, self.lr_scheduler)
+        # report_to's integrations come before the user's callbacks, as in HF (a missing library fails here)
+        self.callback_handler = default_callback_handler(args, added_callbacks(self, callbacks) + list(callbacks or []),
+                                                         self.model, processing_class, self.optimizer,
+                                                         self.lr_scheduler)
+        if args.push_to_hub:
+            self.init_hf_repo()  # an unreachable Hub or a refused token fails here, before training
         if not checked_on_driver:
             uses_num_items = probe_model(self, overrides_compute_loss=type(self).compute_loss is not Trainer.compute_loss)
             if uses_num_items is not None:
                 self.model_accepts_loss_kwargs = uses_num_items
+        apply_model_settings(model, args)
         self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
+        self._memory_tracker.stop_and_update_metrics("init")
 
     # ------------------------------------------------------------------ model_init and train
     def call_model_init(self, trial=None) -> nn.Module:
@@ -166,8 +181,7 @@ class Trainer:
         """
         from .runtime.launch import run_training
 
-        if kwargs:
-            raise TypeError(f"train() got unexpected keyword arguments: {', '.join(sorted(kwargs))}.")
+        resume_from_checkpoint = resume_from_v4_train_kwargs(kwargs, resume_from_checkpoint)
         if resume_from_checkpoint is False:
             resume_from_checkpoint = None
         if resume_from_checkpoint is not None:
@@ -282,6 +296,8 @@ class Trainer:
             pin_memory=self.args.dataloader_pin_memory and self.args.device.type == "cuda",
             persistent_workers=self.args.dataloader_persistent_workers,
             prefetch_factor=self.args.dataloader_prefetch_factor,
+            multiprocessing_context=self.args.dataloader_multiprocessing_context,
+            in_order=self.args.dataloader_in_order,
         )
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
@@ -301,7 +317,7 @@ class Trainer:
             dataset, self._collator_for(dataset, "training"), self._train_batch_size,
             seed=seed, world_size=self.args.world_size, rank=self.args.process_index,
             drop_last=self.args.dataloader_drop_last, group_by_length=self.args.group_by_length,
-            lengths=lengths, **self._loader_options(),
+            lengths=lengths, shuffle=self.args.train_sampling_strategy != "sequential", **self._loader_options(),
         )
 
     def _eval_loader(self, dataset, description: str):
@@ -385,9 +401,12 @@ class Trainer:
         return count_parameters(self.model, trainable_only=True)
 
     def _get_learning_rate(self) -> float:
-        if self.args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU:
-            return self.optimizer.param_groups[0]["lr"]
-        return self.lr_scheduler.get_last_lr()[0]
+        """The current learning rate: the scheduler's last one, or the optimizer's for a scheduler
+        stepped on a metric; before the scheduler exists, the optimizer's (or ``args``') rate."""
+        if self.lr_scheduler is None or schedules.steps_on_metric(self.lr_scheduler):
+            return self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else self.args.learning_rate
+        rate = self.lr_scheduler.get_last_lr()[0]
+        return rate.item() if torch.is_tensor(rate) else rate
 
     # ------------------------------------------------------------------ the step maths
     def _prepare_inputs(self, inputs):
@@ -517,6 +536,8 @@ class Trainer:
                 metrics.update(self.evaluate(dataset if eval_dataset is not None else name, ignore_keys,
                                              f"{metric_key_prefix}_{name}"))
             return metrics
+        if not self.is_in_train:  # inside train() the memory counts toward the train stage
+            self._memory_tracker.start("eval")
         dataloader = self.get_eval_dataloader(eval_dataset)
         start = time.time()
         output = self.evaluation_loop(
@@ -525,6 +546,7 @@ class Trainer:
             ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix,
         )
         output.metrics.update(self._eval_speed(metric_key_prefix, start, output.num_samples))
+        self._memory_tracker.stop_and_update_metrics("eval", output.metrics)
         self.log(output.metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=output.metrics)
         return output.metrics
@@ -538,11 +560,14 @@ class Trainer:
 
             return evaluate_on_workers(self, "predict", dict(test_dataset=test_dataset, ignore_keys=ignore_keys,
                                                              metric_key_prefix=metric_key_prefix))
+        if not self.is_in_train:
+            self._memory_tracker.start("test")
         dataloader = self.get_test_dataloader(test_dataset)
         start = time.time()
         output = self.evaluation_loop(dataloader, description="Prediction", ignore_keys=ignore_keys,
                                       metric_key_prefix=metric_key_prefix)
         output.metrics.update(self._eval_speed(metric_key_prefix, start, output.num_samples))
+        self._memory_tracker.stop_and_update_metrics("test", output.metrics)
         self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics=output.metrics)
         return PredictionOutput(predictions=output.predictions, label_ids=output.label_ids, metrics=output.metrics)
 
@@ -561,8 +586,9 @@ class Trainer:
 
     def evaluation_loop(self, dataloader, description: str, prediction_loss_only: Optional[bool] = None,
                         ignore_keys: Optional[list] = None, metric_key_prefix: str = "eval"):
-        return run_evaluation_loop(self, self._evaluation_run(), dataloader, description, prediction_loss_only,
-                                   ignore_keys, metric_key_prefix)
+        with quiet_ray(self.args):  # a Ray Data stream read here would print Ray's lines
+            return run_evaluation_loop(self, self._evaluation_run(), dataloader, description, prediction_loss_only,
+                                       ignore_keys, metric_key_prefix)
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys: Optional[list] = None):
         """``(loss, logits, labels)`` of one evaluation batch, without gradients."""
@@ -573,7 +599,7 @@ class Trainer:
         """Add ``epoch`` and ``step`` to ``logs``, append them to ``state.log_history`` and fire on_log."""
         if self.state.epoch is not None:
             logs["epoch"] = self.state.epoch
-        if self.args.include_num_input_tokens_seen:
+        if self.args.include_num_input_tokens_seen != "no":
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
             if start_time is not None:
                 logs.update(speed_metrics("train", start_time, num_tokens=self.state.num_input_tokens_seen))
@@ -597,15 +623,16 @@ class Trainer:
 
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Write the model (safetensors unless ``save_safetensors=False``), the processing class and
-        ``training_args.json`` to ``output_dir``."""
+        ``training_args.json``/``.bin`` to ``output_dir``."""
         folder = output_dir or self.args.output_dir
-        if self.final_model_dir is not None and self._model_strategy is None:
+        strategy = self._model_strategy  # a sharded model: every rank takes part in gathering its weights
+        if self.final_model_dir is not None and strategy is None:
             if self.is_world_process_zero():  # trained sharded on workers: their consolidated weights
                 _checkpoint.copy_model_folder(self, self.final_model_dir, folder)
-            return
-        strategy = self._model_strategy  # a sharded model: every rank takes part in gathering its weights
-        if strategy is not None or self.is_world_process_zero():
+        elif strategy is not None or self.is_world_process_zero():
             _checkpoint.save_model_folder(self, folder, strategy)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
     def is_world_process_zero(self) -> bool:
         return self.args.process_index == 0

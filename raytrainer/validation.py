@@ -21,7 +21,7 @@ from .args import TrainingArguments
 from .callbacks import EarlyStoppingCallback, TrainerCallback
 from .data import stream_shards, streaming
 from .data.loaders import has_length
-from .enums import IntervalStrategy, SchedulerType
+from .enums import IntervalStrategy
 from .loop.precision import choose_precision
 from .runtime.scaling import is_local_mode, num_workers
 
@@ -55,9 +55,9 @@ def validate_trainer_inputs(trainer, optimizers, callbacks) -> None:
     _check_training_features(trainer)
     _optim.validate_optimizer_choice(args)
     schedules.validate_scheduler_kwargs(args.lr_scheduler_type, args.lr_scheduler_kwargs)
-    if args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU and args.eval_strategy == IntervalStrategy.NO:
-        raise ValueError("TrainingArguments: lr_scheduler_type='reduce_lr_on_plateau' steps on an evaluation "
-                         "metric; set eval_strategy to 'steps' or 'epoch'.")
+    if schedules.steps_on_metric(optimizers[1]) and args.eval_strategy == IntervalStrategy.NO:
+        raise ValueError(f"Trainer: optimizers[1] is a {type(optimizers[1]).__name__}, which steps on an evaluation "
+                         "metric, but eval_strategy='no' never evaluates; set eval_strategy to 'steps' or 'epoch'.")
     _check_early_stopping(args, callbacks)
 
 
@@ -231,9 +231,8 @@ def _check_training_features(trainer) -> None:
 def _check_early_stopping(args, callbacks) -> None:
     if not any(isinstance(cb, EarlyStoppingCallback) or cb is EarlyStoppingCallback for cb in callbacks or []):
         return
-    if not args.load_best_model_at_end:
-        raise ValueError("EarlyStoppingCallback needs TrainingArguments.load_best_model_at_end=True.")
-    if args.metric_for_best_model is None:
-        raise ValueError("EarlyStoppingCallback needs TrainingArguments.metric_for_best_model.")
+    if args.metric_for_best_model is None:  # v5: load_best_model_at_end is no longer required
+        raise ValueError("EarlyStoppingCallback needs TrainingArguments.metric_for_best_model (e.g. 'eval_loss'); "
+                         "set it, with an eval_strategy of 'steps' or 'epoch'.")
     if args.eval_strategy == IntervalStrategy.NO:
         raise ValueError("EarlyStoppingCallback needs an eval_strategy of 'steps' or 'epoch'.")

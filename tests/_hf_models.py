@@ -4,6 +4,7 @@ Everything is built from a config in memory: nothing is downloaded. Callers must
 ``transformers`` is importable (``pytest.importorskip``) before calling the model builders.
 """
 
+import logging
 import os
 
 import torch
@@ -109,3 +110,22 @@ def checkpoint_folders(output_dir: str) -> list:
         return []
     names = [name for name in os.listdir(output_dir) if name.startswith("checkpoint-")]
     return sorted(names, key=lambda name: int(name.rsplit("-", 1)[1]))
+
+
+def transformers_log_messages(action, level=logging.WARNING) -> list:
+    """The messages transformers logs at ``level`` or above while ``action()`` runs (its library
+    logger does not propagate to the root, so pytest's caplog does not see them)."""
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage().lstrip("\n"))
+
+    library_logger = logging.getLogger("transformers")
+    handler = Collect(level=level)
+    library_logger.addHandler(handler)
+    try:
+        action()
+    finally:
+        library_logger.removeHandler(handler)
+    return messages

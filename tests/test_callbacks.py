@@ -322,7 +322,6 @@ def test_early_stopping_missing_metric_warns_once_and_skips(caplog):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"load_best_model_at_end": False}, "needs load_best_model_at_end=True"),
         ({"metric_for_best_model": None}, "needs metric_for_best_model to know what to watch"),
         (
             {"eval_strategy": IntervalStrategy.NO},

@@ -218,7 +218,7 @@ def test_save_only_model_and_torch_format(make_args):
     trainer = Trainer(model=RegressionModel(), args=args, train_dataset=RegressionDataset(8))
     trainer.train()
     folder = os.path.join(args.output_dir, "checkpoint-2")
-    assert sorted(os.listdir(folder)) == ["pytorch_model.bin", "rng_state.pth", "trainer_state.json",
+    assert sorted(os.listdir(folder)) == ["pytorch_model.bin", "rng_state.pth", "trainer_state.json", "training_args.bin",
                                           "training_args.json"]
     other = RegressionModel()
     load_weights(other, folder)

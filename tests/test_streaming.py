@@ -5,6 +5,7 @@ parquet set larger than the object store, and one run on two real Ray Train work
 import copy
 import ctypes
 import json
+import logging
 import os
 import pickle
 
@@ -389,3 +390,16 @@ def test_two_workers_read_equal_train_shards_and_evaluate_every_row_once(tmp_pat
     assert again["eval_count"] == 13
     assert again["eval_first"] == pytest.approx(evals[-1]["eval_first"], abs=1e-6)
     assert again["eval_loss"] == pytest.approx(evals[-1]["eval_loss"], rel=1e-5)
+
+
+def test_streaming_runs_and_evaluations_print_none_of_ray_datas_lines(make_args, caplog, capfd):
+    caplog.set_level(logging.INFO)
+    table = _table(RegressionDataset(24).x, RegressionDataset(24).y)
+    trainer = Trainer(model=RegressionModel(), args=make_args(max_steps=3, eval_strategy="steps", eval_steps=3),
+                      train_dataset=stream(table), eval_dataset=stream(table))
+    trainer.train()
+    trainer.evaluate()
+    out, err = capfd.readouterr()
+    ray_data = [record.getMessage() for record in caplog.records if record.name.startswith("ray.data")]
+    assert ray_data == [] and "Running Dataset" not in out + err
+    assert out.count("'eval_loss':") == 2

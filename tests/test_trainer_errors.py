@@ -95,7 +95,7 @@ def test_gradient_checkpointing_and_neftune_need_model_support(make_args):
 
 
 def test_early_stopping_needs_best_model_settings(make_args):
-    with pytest.raises(ValueError, match="load_best_model_at_end=True"):
+    with pytest.raises(ValueError, match="EarlyStoppingCallback needs TrainingArguments.metric_for_best_model"):
         Trainer(model=RegressionModel(), args=make_args(), callbacks=[EarlyStoppingCallback()])
 
 

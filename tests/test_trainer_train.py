@@ -8,6 +8,7 @@ import torch
 from conftest import RegressionDataset, RegressionModel, TokenDataset, TokenModel
 
 from raytrainer import Trainer, TrainerCallback
+from raytrainer.compat.v5_fields import default_optimizer_name
 
 
 def bare_loop(model, dataset, *, lr, weight_decay, warmup_steps, epochs, batch_size, accumulation,
@@ -18,8 +19,11 @@ def bare_loop(model, dataset, *, lr, weight_decay, warmup_steps, epochs, batch_s
     v5's current_gradient_accumulation_steps). Returns the per-micro-batch losses."""
     decay = [p for n, p in model.named_parameters() if not n.endswith("bias") and not n.startswith("norm")]
     no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or n.startswith("norm")]
+    # v5's default optimizer is the fused AdamW kernel (torch >= 2.8), the trainer's default here too
+    fused = default_optimizer_name() == "adamw_torch_fused"
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999), eps=1e-8)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                                  fused=fused)
     batches_per_epoch = math.ceil(len(dataset) / batch_size)
     updates_per_epoch = math.ceil(batches_per_epoch / accumulation)
     total = updates_per_epoch * epochs

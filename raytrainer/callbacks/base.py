@@ -95,14 +95,11 @@ class CallbackHandler(TrainerCallback):
         self.lr_scheduler = lr_scheduler
         self.train_dataloader = None
         self.eval_dataloader = None
-        if warn_without_flow:
-            self._warn_without_default_flow()
+        self._warns_without_flow = warn_without_flow  # False for a display-only handler
+        self._warn_without_default_flow()
 
     def _warn_without_default_flow(self) -> None:
-        # Imported here because flow.py builds on this module.
-        from raytrainer.callbacks.flow import DefaultFlowCallback
-
-        if not any(isinstance(callback, DefaultFlowCallback) for callback in self.callbacks):
+        if self._warns_without_flow and not any(_is_default_flow(callback) for callback in self.callbacks):
             logger.warning(
                 "No DefaultFlowCallback among the callbacks: the loop will never log, evaluate, "
                 "save or stop on its own. Add one with add_callback(DefaultFlowCallback). "
@@ -144,65 +141,67 @@ class CallbackHandler(TrainerCallback):
         return "\n".join(type(callback).__name__ for callback in self.callbacks)
 
     def on_init_end(self, args, state, control, **kwargs):
-        return self._dispatch("on_init_end", args, state, control, kwargs)
+        return self.call_event("on_init_end", args, state, control, **kwargs)
 
     def on_train_begin(self, args, state, control, **kwargs):
         control.should_training_stop = False
-        return self._dispatch("on_train_begin", args, state, control, kwargs)
+        self._warn_without_default_flow()  # it may have been removed since the handler was built
+        return self.call_event("on_train_begin", args, state, control, **kwargs)
 
     def on_train_end(self, args, state, control, **kwargs):
-        return self._dispatch("on_train_end", args, state, control, kwargs)
+        return self.call_event("on_train_end", args, state, control, **kwargs)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         control.should_epoch_stop = False
-        return self._dispatch("on_epoch_begin", args, state, control, kwargs)
+        return self.call_event("on_epoch_begin", args, state, control, **kwargs)
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        return self._dispatch("on_epoch_end", args, state, control, kwargs)
+        return self.call_event("on_epoch_end", args, state, control, **kwargs)
 
     def on_step_begin(self, args, state, control, **kwargs):
         control.should_log = False
         control.should_evaluate = False
         control.should_save = False
-        return self._dispatch("on_step_begin", args, state, control, kwargs)
+        return self.call_event("on_step_begin", args, state, control, **kwargs)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        return self._dispatch("on_pre_optimizer_step", args, state, control, kwargs)
+        return self.call_event("on_pre_optimizer_step", args, state, control, **kwargs)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        return self._dispatch("on_optimizer_step", args, state, control, kwargs)
+        return self.call_event("on_optimizer_step", args, state, control, **kwargs)
 
     def on_substep_end(self, args, state, control, **kwargs):
-        return self._dispatch("on_substep_end", args, state, control, kwargs)
+        return self.call_event("on_substep_end", args, state, control, **kwargs)
 
     def on_step_end(self, args, state, control, **kwargs):
-        return self._dispatch("on_step_end", args, state, control, kwargs)
+        return self.call_event("on_step_end", args, state, control, **kwargs)
 
     def on_evaluate(self, args, state, control, metrics, **kwargs):
         control.should_evaluate = False
-        return self._dispatch("on_evaluate", args, state, control, kwargs, metrics=metrics)
+        return self.call_event("on_evaluate", args, state, control, metrics=metrics, **kwargs)
 
     def on_predict(self, args, state, control, metrics, **kwargs):
-        return self._dispatch("on_predict", args, state, control, kwargs, metrics=metrics)
+        return self.call_event("on_predict", args, state, control, metrics=metrics, **kwargs)
 
     def on_save(self, args, state, control, **kwargs):
         control.should_save = False
-        return self._dispatch("on_save", args, state, control, kwargs)
+        return self.call_event("on_save", args, state, control, **kwargs)
 
     def on_log(self, args, state, control, logs, **kwargs):
         control.should_log = False
-        return self._dispatch("on_log", args, state, control, kwargs, logs=logs)
+        return self.call_event("on_log", args, state, control, logs=logs, **kwargs)
 
     def on_prediction_step(self, args, state, control, **kwargs):
-        return self._dispatch("on_prediction_step", args, state, control, kwargs)
+        return self.call_event("on_prediction_step", args, state, control, **kwargs)
 
     def on_push_begin(self, args, state, control, **kwargs):
-        return self._dispatch("on_push_begin", args, state, control, kwargs)
+        return self.call_event("on_push_begin", args, state, control, **kwargs)
 
-    def _dispatch(self, event, args, state, control, extra, **event_kwargs):
-        """Call ``event`` on every callback that implements it, in order; a returned
-        TrainerControl replaces ``control``. Callbacks that inherit the base class's no-op are
-        skipped: this runs several times per step."""
+    def call_event(self, event: str, args, state, control, **kwargs):
+        """Call ``event`` on every callback, in order, with the handler's objects (``model``,
+        ``optimizer``, the dataloaders, ...) and ``kwargs`` as keywords; a returned
+        TrainerControl replaces ``control``, which is returned. Callbacks that inherit the base
+        class's no-op are skipped: this runs several times per step."""
         listeners = self._listeners(event)
         if not listeners:
             return control
@@ -213,8 +212,7 @@ class CallbackHandler(TrainerCallback):
             "lr_scheduler": self.lr_scheduler,
             "train_dataloader": self.train_dataloader,
             "eval_dataloader": self.eval_dataloader,
-            **event_kwargs,
-            **extra,
+            **kwargs,
         }
         for callback in listeners:
             result = getattr(callback, event)(args, state, control, **kwargs)
@@ -243,6 +241,13 @@ def _implements(callback, event: str, base) -> bool:
     cls = type(callback)
     return (getattr(cls, event, base) is not base or event in getattr(callback, "__dict__", {})
             or cls.__getattribute__ is not object.__getattribute__ or hasattr(cls, "__getattr__"))
+
+
+def _is_default_flow(callback) -> bool:
+    # Imported here because flow.py builds on this module.
+    from raytrainer.callbacks.flow import DefaultFlowCallback
+
+    return isinstance(callback, DefaultFlowCallback)
 
 
 def _as_callback_instance(callback) -> TrainerCallback:

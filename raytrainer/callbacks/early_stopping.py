@@ -16,8 +16,10 @@ class EarlyStoppingCallback(TrainerCallback, ExportableState):
     An evaluation improves when its ``metric_for_best_model`` beats ``state.best_metric`` (the best
     value before this evaluation; the loop updates it after ``on_evaluate``) in the direction of
     ``greater_is_better`` by strictly more than ``early_stopping_threshold``. The first evaluation
-    always counts as an improvement. Requires ``load_best_model_at_end=True``,
-    ``metric_for_best_model`` and an ``eval_strategy`` other than ``"no"``.
+    always counts as an improvement. Requires ``metric_for_best_model`` and an ``eval_strategy``
+    other than ``"no"``; without ``load_best_model_at_end`` (allowed since v5) training stops with
+    the last weights, not the best ones, and a warning says so. ``check_metric_value`` is the
+    override point for another notion of improvement.
     """
 
     def __init__(self, early_stopping_patience: int = 1, early_stopping_threshold: float = 0.0):
@@ -42,9 +44,9 @@ class EarlyStoppingCallback(TrainerCallback, ExportableState):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not args.load_best_model_at_end:
-            raise ValueError(
-                "EarlyStoppingCallback needs load_best_model_at_end=True so that the best "
-                "checkpoint, not the last one, is kept; set load_best_model_at_end=True."
+            logger.warning(
+                "Using EarlyStoppingCallback without load_best_model_at_end=True: once training stops, "
+                "the model keeps its last weights, not those of the best evaluation."
             )
         if args.metric_for_best_model is None:
             raise ValueError(
@@ -63,18 +65,21 @@ class EarlyStoppingCallback(TrainerCallback, ExportableState):
         if value is None:
             self._warn_missing_metric(metric_name, metrics)
             return
-        if self._improves(value, state.best_metric, _greater_is_better(args)):
-            self.early_stopping_patience_counter = 0
-        else:
-            self.early_stopping_patience_counter += 1
+        self.check_metric_value(args, state, control, value)
         if self.early_stopping_patience_counter >= self.early_stopping_patience:
             control.should_training_stop = True
 
-    def _improves(self, value: float, best, greater_is_better: bool) -> bool:
-        if best is None:
-            return True
-        gain = value - best if greater_is_better else best - value
-        return gain > 0 and gain > self.early_stopping_threshold
+    def check_metric_value(self, args, state, control, metric_value) -> None:
+        """Reset ``early_stopping_patience_counter`` when ``metric_value`` improves on
+        ``state.best_metric`` by more than the threshold, else count one more evaluation without
+        improvement. Override to judge improvement differently; ``on_evaluate`` stops training
+        once the counter reaches the patience."""
+        best = state.best_metric
+        gain = None if best is None else (metric_value - best if _greater_is_better(args) else best - metric_value)
+        if gain is None or (gain > 0 and gain > self.early_stopping_threshold):
+            self.early_stopping_patience_counter = 0
+        else:
+            self.early_stopping_patience_counter += 1
 
     def _warn_missing_metric(self, metric_name: str, metrics) -> None:
         # Warn once: the same metric will be missing from every later evaluation too.

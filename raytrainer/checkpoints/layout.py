@@ -18,6 +18,7 @@ SCHEDULER_NAME = "scheduler.pt"
 SCALER_NAME = "scaler.pt"
 TRAINER_STATE_NAME = "trainer_state.json"
 TRAINING_ARGS_NAME = "training_args.json"
+TRAINING_ARGS_BIN_NAME = "training_args.bin"  # torch.save(args), as HF writes it; never loaded here
 # a sharded model's checkpoint (raytrainer.parallel): FSDP's DCP folders, DeepSpeed's tag pointer
 SHARDED_MODEL_DIR = "pytorch_model_fsdp_0"
 SHARDED_OPTIMIZER_DIR = "optimizer_0"

@@ -11,7 +11,9 @@ import warnings
 import numpy as np
 import torch
 
-from ..state import TrainerControl, TrainerState
+from ..run_summary import warn_if_arguments_differ
+from ..state import TrainerState
+from .callback_states import restore_callback_states
 from .layout import SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from .writer import rng_state_name
 
@@ -52,6 +54,7 @@ def restore_training_state(trainer, folder: str, plan, strategy):
     if trainer.scaler is not None and os.path.exists(os.path.join(folder, SCALER_NAME)):
         trainer.scaler.load_state_dict(safe_load(os.path.join(folder, SCALER_NAME)))
     saved = TrainerState.load_from_json(os.path.join(folder, TRAINER_STATE_NAME))
+    warn_if_arguments_differ(trainer.state, saved, folder)
     for field in _RESTORED_STATE_FIELDS:
         setattr(trainer.state, field, getattr(saved, field))
     if args.restore_callback_states_from_checkpoint:
@@ -69,24 +72,6 @@ def _data_position(trainer, plan):
     if trainer.args.ignore_data_skip:
         return epochs_trained, 0
     return epochs_trained, steps_in_epoch * trainer.args.gradient_accumulation_steps
-
-
-def restore_callback_states(trainer, states: dict) -> None:
-    """Put saved callback attributes back into the live callbacks (same objects, so a notebook
-    user's references stay valid); callbacks absent from the trainer are reported."""
-    for name, saved in states.items():
-        saved_list = saved if isinstance(saved, list) else [saved]
-        if name == TrainerControl.__name__:
-            trainer.control = TrainerControl(**saved_list[0]["args"])
-            continue
-        live = [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == name]
-        if len(live) != len(saved_list):
-            warnings.warn(f"Checkpoint has state for {len(saved_list)} {name} callback(s) but the trainer has "
-                          f"{len(live)}; their state is not restored.")
-            continue
-        for callback, state in zip(live, saved_list):
-            for key, value in {**state.get("args", {}), **state.get("attributes", {})}.items():
-                setattr(callback, key, value)
 
 
 def _restore_rng_state(folder: str, rank: int) -> None:

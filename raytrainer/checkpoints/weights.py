@@ -7,6 +7,7 @@ import os
 import torch
 
 from ..modeling import unwrap_model
+from .hooked_load import customises_loading, load_through_model_code
 from .layout import TORCH_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from .safetensors_io import read_header, read_safetensors, write_safetensors
 
@@ -116,6 +117,10 @@ def load_weights(model, folder: str) -> None:
     file headers before any byte is read, so a mismatch leaves the model untouched and the error
     names the checkpoint and the tensors."""
     model = unwrap_model(model)
+    if customises_loading(model):  # its own load code runs, with the same all-or-nothing guarantee
+        load_through_model_code(model, read_state_dict(folder), lambda missing, unexpected, error: _misfit(
+            folder, model, [], unexpected, missing, error))
+        return
     expected = model.state_dict()
     saved = _saved_shapes(folder, _weight_files(folder))
     wrong_shape = [f"{name}: checkpoint {shape} vs model {tuple(expected[name].shape)}"
@@ -123,14 +128,19 @@ def load_weights(model, folder: str) -> None:
     unexpected = sorted(set(saved) - set(expected))
     missing = [name for name in expected if name not in saved and not _is_tied_alias(expected, name, saved)]
     if wrong_shape or unexpected or missing:
-        details = "; ".join(wrong_shape + [f"unexpected tensor {n}" for n in unexpected]
-                            + [f"missing tensor {n}" for n in missing])
-        raise RuntimeError(f"Checkpoint {folder} does not fit {type(model).__name__}: {details}.")
+        raise _misfit(folder, model, wrong_shape, unexpected, missing)
     state_dict = read_state_dict(folder, into=expected)
     # tensors read in place are done; the rest (other dtype or device) are copied by torch
     pending = {name: t for name, t in state_dict.items() if t.data_ptr() != expected[name].data_ptr()}
     if pending:
         model.load_state_dict(pending, strict=False)
+
+
+def _misfit(folder: str, model, wrong_shape: list, unexpected: list, missing: list, error=None) -> RuntimeError:
+    details = wrong_shape + [f"unexpected tensor {n}" for n in unexpected] + [f"missing tensor {n}" for n in missing]
+    if error is not None:
+        details.append(str(error).strip())
+    return RuntimeError(f"Checkpoint {folder} does not fit {type(model).__name__}: {'; '.join(details)}.")
 
 
 def _is_tied_alias(tensors: dict, name: str, saved) -> bool:

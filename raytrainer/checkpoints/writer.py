@@ -13,10 +13,10 @@ from .layout import (
     SCALER_NAME,
     SCHEDULER_NAME,
     TRAINER_STATE_NAME,
-    TRAINING_ARGS_NAME,
     rotate_checkpoints,
     sorted_checkpoints,
 )
+from .training_args_files import write_training_args
 from .weights import save_weights
 
 
@@ -36,7 +36,7 @@ def _save_extras(trainer, output_dir: str) -> None:
     processing_class = trainer.processing_class
     if processing_class is not None and callable(getattr(processing_class, "save_pretrained", None)):
         processing_class.save_pretrained(output_dir)
-    _write_text(os.path.join(output_dir, TRAINING_ARGS_NAME), trainer.args.to_json_string())
+    write_training_args(trainer.args, output_dir)
 
 
 def copy_model_folder(trainer, source: str, output_dir: str) -> None:
@@ -69,7 +69,7 @@ def save_checkpoint(trainer, model, run) -> str:
         record_best_checkpoint(trainer, sink.root)
         state.stateful_callbacks = callback_states(trainer)
         state.save_to_json(os.path.join(staging, TRAINER_STATE_NAME))
-        _write_text(os.path.join(staging, TRAINING_ARGS_NAME), args.to_json_string())
+        write_training_args(args, staging)
     final = sink.commit(staging, state.global_step, {"step": state.global_step, "epoch": state.epoch}, writes_shared)
     if writes_shared:
         rotate_checkpoints(sink.root, args.save_total_limit, state.best_model_checkpoint)
@@ -113,11 +113,6 @@ def callback_states(trainer) -> dict:
         else:
             states[name] = callback.state()
     return states
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def finalize_checkpoints(args, best, root: str) -> None:

@@ -87,7 +87,8 @@ def _seed_worker_libraries(worker_id: int) -> None:
     np.random.seed(worker_seed)
 
 
-def _loader_options(num_workers, pin_memory, persistent_workers, prefetch_factor) -> dict:
+def _loader_options(num_workers, pin_memory, persistent_workers, prefetch_factor,
+                    multiprocessing_context=None, in_order=True) -> dict:
     _check_int(num_workers, "num_workers", 0)
     if persistent_workers and num_workers == 0:
         raise ValueError(
@@ -109,6 +110,10 @@ def _loader_options(num_workers, pin_memory, persistent_workers, prefetch_factor
                        worker_init_fn=_seed_worker_libraries)
         if prefetch_factor is not None:
             options["prefetch_factor"] = prefetch_factor
+        if multiprocessing_context is not None:
+            options["multiprocessing_context"] = multiprocessing_context
+        if not in_order:  # torch >= 2.6: yield batches as loader processes finish them
+            options["in_order"] = False
     return options
 
 
@@ -132,11 +137,14 @@ def build_train_dataloader(
     rank: int = 0, drop_last: bool = False, num_workers: int = 0, pin_memory: bool = False,
     persistent_workers: bool = False, prefetch_factor: int | None = None,
     group_by_length: bool = False, lengths: Sequence[int] | None = None,
-    model_input_name: str = "input_ids",
+    model_input_name: str = "input_ids", shuffle: bool = True,
+    multiprocessing_context: str | None = None, in_order: bool = True,
 ) -> DataLoader:
-    """Build this rank's training DataLoader (call :func:`set_dataloader_epoch` every epoch)."""
+    """Build this rank's training DataLoader (call :func:`set_dataloader_epoch` every epoch);
+    ``shuffle=False`` keeps the dataset order (``train_sampling_strategy="sequential"``)."""
     _check_int(batch_size, "batch_size", 1)
-    options = _loader_options(num_workers, pin_memory, persistent_workers, prefetch_factor)
+    options = _loader_options(num_workers, pin_memory, persistent_workers, prefetch_factor,
+                              multiprocessing_context, in_order)
     if _is_stream(dataset):
         if group_by_length:
             raise ValueError(
@@ -158,7 +166,7 @@ def build_train_dataloader(
         sampler = LengthGroupedSampler(lengths, batch_size, seed=seed, world_size=world_size,
                                        rank=rank, drop_last=drop_last)
     else:
-        sampler = EpochShuffleSampler(len(dataset), batch_size, seed=seed,
+        sampler = EpochShuffleSampler(len(dataset), batch_size, seed=seed, shuffle=shuffle,
                                       world_size=world_size, rank=rank, drop_last=drop_last)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
                       drop_last=False, **options)
@@ -168,10 +176,12 @@ def build_eval_dataloader(
     dataset, collate_fn: Callable | None, batch_size: int, *, world_size: int = 1, rank: int = 0,
     drop_last: bool = False, num_workers: int = 0, pin_memory: bool = False,
     persistent_workers: bool = False, prefetch_factor: int | None = None,
+    multiprocessing_context: str | None = None, in_order: bool = True,
 ) -> DataLoader:
     """Build this rank's evaluation DataLoader: sequential, each example read by one rank only."""
     _check_int(batch_size, "batch_size", 1)
-    options = _loader_options(num_workers, pin_memory, persistent_workers, prefetch_factor)
+    options = _loader_options(num_workers, pin_memory, persistent_workers, prefetch_factor,
+                              multiprocessing_context, in_order)
     if _is_stream(dataset):
         if world_size > 1:
             dataset = IterableDatasetShard(dataset, batch_size, world_size, rank, drop_last,

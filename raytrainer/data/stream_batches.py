@@ -10,6 +10,8 @@ batches this rank will yield, and ``set_epoch`` picks the epoch's shuffle seed.
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -178,11 +180,72 @@ class StreamBatches:
             drop_last=self.drop_last, local_shuffle_buffer_size=self.shuffle_buffer,
             local_shuffle_seed=seed, prefetch_batches=self.prefetch_batches, pin_memory=self.pin_memory,
         )
-        return iter(batches)
+        if self.prefetch_batches == 0:
+            return iter(batches)
+        # Ray's local shuffle buffer and batch assembly run in the thread that iterates: a thread
+        # of their own keeps them off the training step (the order is the same: one producer)
+        return read_ahead(batches, depth=max(2, self.prefetch_batches))
 
 
 class SizedStreamBatches(_KnownLength, StreamBatches):
     pass
+
+
+_END = object()
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def read_ahead(iterable: Iterable, depth: int) -> Iterator:
+    """Iterate ``iterable`` in a background thread, up to ``depth`` items ahead of the consumer.
+
+    Items come out in the producer's order; an exception of the producer is raised here, at the
+    item where it happened. Closing the iterator (or dropping it, as a loop that stops mid-epoch
+    does) stops the producer at its next item."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def hand_over(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        iterator = iter(iterable)
+        try:
+            for item in iterator:
+                if not hand_over(item):
+                    return
+            hand_over(_END)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
+            hand_over(_Failed(error))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    def consume():
+        producer = threading.Thread(target=produce, name="raytrainer-read-ahead", daemon=True)
+        producer.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failed):
+                    raise item.error
+                yield item
+        finally:
+            stop.set()
+
+    return consume()
 
 
 def row_range_batches(batches: Iterable[pa.Table], start: int, stop: Optional[int],

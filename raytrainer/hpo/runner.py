@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..checkpoints.layout import latest_complete_checkpoint, sorted_checkpoints, step_of
+from ..integrations import RebuiltCallbacks
 from .objective import is_better, objective_values
 from .params import apply_hyperparameters
 from .results import TrialRecord
@@ -46,7 +47,8 @@ def build_trial_trainer(setup: TrialSetup, params: dict, run_config=None, extra_
     own copies of the callbacks (trials may run side by side), no progress display."""
     arguments = dict(setup.blueprint.arguments)
     arguments.update(args=apply_hyperparameters(setup.base_args, params), scaling_config=setup.scaling_config,
-                     run_config=run_config, callbacks=[_own_copy(cb) for cb in arguments.get("callbacks") or []])
+                     run_config=run_config,
+                     callbacks=RebuiltCallbacks(_own_copy(cb) for cb in arguments.get("callbacks") or []))
     trainer = setup.blueprint.trainer_cls(**arguments)
     for callback in [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ in _DISPLAY_CALLBACKS]:
         trainer.remove_callback(callback)

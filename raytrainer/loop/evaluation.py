@@ -8,6 +8,7 @@ import torch
 from ..outputs import EvalLoopOutput, EvalPrediction, denumpify_detensorize
 from ..modeling import unwrap_model
 from ..overrides import OverrideCalls
+from ..run_summary import log_evaluation_summary
 from .collectives import broadcast_from_rank_zero, gather_objects, is_distributed, merge_rank_outputs
 from ..nested import EvalLoopContainer, find_batch_size, nested_detach
 
@@ -70,6 +71,7 @@ def run_evaluation_loop(trainer, run, dataloader, description, prediction_loss_o
     model = _without_ddp(trainer.model_wrapped) if trainer.is_in_train else trainer.model
     if not trainer.is_in_train and not run.strategy.shards_model:  # a sharded model sits where it was sharded
         model.to(args.device)
+    log_evaluation_summary(trainer, dataloader, description)
     model.eval()
     trainer.callback_handler.eval_dataloader = dataloader
     past_before, run.past = run.past, None
@@ -96,12 +98,13 @@ def _evaluate_batches(trainer, run, model, dataloader, prediction_loss_only, ign
     wants_inputs = "inputs" in (args.include_for_metrics or [])
     wants_losses = "loss" in (args.include_for_metrics or [])
     metrics, observed = None, 0
-    num_batches = len(dataloader) if hasattr(dataloader, "__len__") else None
     main_input = getattr(unwrap_model(model), "main_input_name", "input_ids")  # looked up once
     calls = OverrideCalls(trainer)
-    # a sharded model's forward is a collective: the strategy keeps every rank's passes in step
-    batches = run.strategy.eval_batches(dataloader, lambda inputs: calls.prediction_step(model, inputs, True))
-    for step, inputs in enumerate(batches):
+    # a sharded model's forward is a collective: the strategy keeps every rank's passes in step (a
+    # copy of the inputs: the loss computation may pop the labels)
+    batches = run.strategy.eval_batches(_with_last_flag(dataloader),
+                                        lambda item: calls.prediction_step(model, dict(item[0]), True))
+    for step, (inputs, is_last) in enumerate(batches):  # a stream has no length
         observed_batch = find_batch_size(inputs)
         if observed_batch is not None:
             observed += observed_batch
@@ -121,7 +124,6 @@ def _evaluate_batches(trainer, run, model, dataloader, prediction_loss_only, ign
         trainer.control = trainer.callback_handler.on_prediction_step(args, trainer.state, trainer.control)
         if args.batch_eval_metrics:
             if trainer.compute_metrics is not None and logits is not None and labels is not None:
-                is_last = num_batches is not None and step == num_batches - 1
                 metrics = trainer.compute_metrics(
                     EvalPrediction(logits, labels, inputs=inputs if wants_inputs else None,
                                    losses=loss if wants_losses else None),
@@ -163,6 +165,20 @@ def _gathered_output(trainer, arrays, num_samples, metrics, prefix):
         if not key.startswith(f"{prefix}_"):
             metrics[f"{prefix}_{key}"] = metrics.pop(key)
     return EvalLoopOutput(predictions=all_preds, label_ids=all_labels, metrics=metrics, num_samples=num_samples)
+
+
+def _with_last_flag(batches):
+    """``(batch, is_last)`` pairs, reading one batch ahead: a stream without a length still tells
+    ``batch_eval_metrics`` which batch is its last."""
+    iterator = iter(batches)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for following in iterator:
+        yield current, False
+        current = following
+    yield current, True
 
 
 def _without_ddp(model):

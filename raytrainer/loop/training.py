@@ -12,14 +12,17 @@ import torch
 
 from .. import checkpoints as _checkpoint
 from ..data.loaders import has_length, set_dataloader_epoch
-from ..enums import SaveStrategy, SchedulerType
+from ..enums import SaveStrategy
 from ..outputs import TrainOutput, speed_metrics
 from ..overrides import OverrideCalls
+from ..run_summary import log_training_summary
+from ..schedules import steps_on_metric
 from ..state import TrainerState
 from .collectives import sum_over_ranks
 from .model_setup import prepare_model_for_training
 from .plan import accumulation_windows, plan_training
 from .run_state import RunState, TrainRequest
+from .tokens import input_token_count
 
 
 def run_training(trainer, context, request: TrainRequest) -> TrainOutput:
@@ -103,6 +106,7 @@ class TrainingLoop:
 
     def _train(self) -> TrainOutput:
         trainer, args = self.trainer, self.args
+        trainer._memory_tracker.start("train")
         trainer.is_in_train = True
         dataloader = trainer.get_train_dataloader()
         batches_per_epoch = len(dataloader) if has_length(dataloader) else None
@@ -123,6 +127,9 @@ class TrainingLoop:
             epochs_trained, batches_to_skip = _checkpoint.restore_training_state(
                 trainer, self.resume_from_checkpoint, plan, strategy)
             self.globalstep_last_logged = trainer.state.global_step
+        resume = None if self.resume_from_checkpoint is None else (
+            self.resume_from_checkpoint, epochs_trained, batches_to_skip)
+        log_training_summary(trainer, plan, dataloader, resume)
         handler = trainer.callback_handler
         handler.model, handler.optimizer, handler.lr_scheduler = trainer.model, trainer.optimizer, trainer.lr_scheduler
         handler.train_dataloader = dataloader
@@ -147,7 +154,10 @@ class TrainingLoop:
         self.calls = OverrideCalls(self.trainer)
         self.on_cpu = args.device.type == "cpu"
         self.no_sync = self.run_state.strategy.no_sync(model)
-        self.count_tokens = args.include_num_input_tokens_seen or args.include_tokens_per_second
+        self.scheduler_steps_per_step = not steps_on_metric(self.trainer.lr_scheduler)
+        self.count_tokens = args.include_num_input_tokens_seen != "no" or args.include_tokens_per_second
+        self.token_mode = args.include_num_input_tokens_seen
+        self.pad_token_id = getattr(self.trainer.processing_class, "pad_token_id", None)
 
     def _fresh_state(self, plan) -> TrainerState:
         trainer = self.trainer
@@ -156,6 +166,8 @@ class TrainingLoop:
             num_train_epochs=plan.num_train_epochs,
             train_batch_size=self.run_state.train_batch_size,
             is_hyper_param_search=self.trial is not None,
+            trial_name=getattr(self.trial, "run_name", None),  # a search trial's name (its runs are named so)
+            trial_params=getattr(self.trial, "params", None),
             stateful_callbacks=trainer.state.stateful_callbacks,
         )
         state.epoch = 0.0
@@ -205,8 +217,8 @@ class TrainingLoop:
         trainer, args = self.trainer, self.args
         if self.count_tokens:
             main_input = getattr(trainer.model, "main_input_name", "input_ids")
-            if isinstance(inputs, dict) and main_input in inputs:
-                trainer.state.num_input_tokens_seen += inputs[main_input].numel()
+            trainer.state.num_input_tokens_seen += input_token_count(inputs, main_input, self.token_mode,
+                                                                     self.pad_token_id)
         if self.no_sync is not None and not sync_gradients:
             with self.no_sync():  # reduce gradients once per window, on its last micro-batch
                 loss = self.calls.training_step(model, inputs, num_items)
@@ -242,7 +254,7 @@ class TrainingLoop:
         self.learning_rate = trainer._get_learning_rate()  # the rate this step used (logged as in HF v5)
         if not stepped:
             self.run_state.skipped_steps += 1  # fp16 overflow: the schedule waits too (as in HF)
-        elif args.lr_scheduler_type != SchedulerType.REDUCE_ON_PLATEAU:
+        elif self.scheduler_steps_per_step:
             trainer.lr_scheduler.step()
         strategy.zero_grad(model)
         trainer.state.global_step += 1
@@ -261,8 +273,10 @@ class TrainingLoop:
             if self.args.save_strategy == SaveStrategy.BEST:
                 trainer.control.should_save = is_new_best
         if trainer.control.should_save:
-            _checkpoint.save_checkpoint(trainer, model, self.run_state)
-            trainer.control = trainer.callback_handler.on_save(self.args, trainer.state, trainer.control)
+            folder = _checkpoint.save_checkpoint(trainer, model, self.run_state)
+            trainer._push_from_checkpoint(folder)  # push_to_hub: a background upload, as hub_strategy says
+            trainer.control = trainer.callback_handler.on_save(self.args, trainer.state, trainer.control,
+                                                               checkpoint_folder=folder)
 
     def _log_training_loss(self, start_time):
         trainer, state = self.trainer, self.trainer.state
@@ -289,7 +303,7 @@ class TrainingLoop:
         metrics = trainer.evaluate(ignore_keys=self.ignore_keys_for_eval)
         if self.trial is not None:
             trainer._report_to_hp_search(self.trial, trainer.state.global_step, metrics)
-        if self.args.lr_scheduler_type == SchedulerType.REDUCE_ON_PLATEAU and not skip_scheduler:
+        if steps_on_metric(trainer.lr_scheduler) and not skip_scheduler:
             trainer.lr_scheduler.step(_checkpoint.read_metric(metrics, _checkpoint.best_metric_name(self.args)))
         return metrics
 
@@ -308,10 +322,12 @@ class TrainingLoop:
         metrics["train_loss"] = train_loss
         if self.run_state.scaler is not None:
             metrics["train_skipped_steps"] = self.run_state.skipped_steps
+        trainer._memory_tracker.stop_and_update_metrics("train", metrics)
         trainer.is_in_train = False
         trainer.log(metrics)  # adds "epoch" to the returned metrics too, as HF does
         _checkpoint.finalize_checkpoints(args, state.best_model_checkpoint, self.run_state.sink.root)
         trainer.control = trainer.callback_handler.on_train_end(args, state, trainer.control)
+        trainer._finish_current_push()  # push_to_hub: training ends when its uploads have
         return TrainOutput(state.global_step, train_loss, metrics)
 
 

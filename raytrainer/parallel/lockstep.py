@@ -14,7 +14,7 @@ _DONE = object()
 
 def lockstep_batches(dataloader, forward, device):
     """Yield this rank's batches; after the last one, call ``forward(batch)`` on a spare batch as
-    long as another rank still has batches."""
+    long as another rank still has batches. The consumer must run one forward per batch it takes."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         yield from dataloader
         return
@@ -32,7 +32,7 @@ def lockstep_batches(dataloader, forward, device):
             spare = batch
             yield batch
         else:
-            forward(dict(spare))  # a copy: the loss computation may pop the labels
+            forward(spare)
 
 
 def _agree(has_batch: bool, device):

@@ -135,6 +135,8 @@ def _wrap_ddp(wrapped, model, args):
         options["bucket_cap_mb"] = args.ddp_bucket_cap_mb
     if args.ddp_broadcast_buffers is not None:
         options["broadcast_buffers"] = args.ddp_broadcast_buffers
+    if args.ddp_static_graph is not None:
+        options["static_graph"] = args.ddp_static_graph
     device = args.device
     device_ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids, **options)

@@ -152,7 +152,10 @@ def final_result(trainer, output, weights: bool = True) -> dict:
 
     from ..modeling import unwrap_model
 
-    result = {"state": dataclasses.asdict(trainer.state), "output": tuple(output)}
+    from ..integrations import hand_off_runs
+
+    result = {"state": dataclasses.asdict(trainer.state), "output": tuple(output),
+              "tracking_runs": hand_off_runs(trainer)}  # the driver's evaluate() logs into the same runs
     if weights:
         result["weights"] = {name: t.detach().to("cpu") for name, t in unwrap_model(trainer.model).state_dict().items()}
     return result

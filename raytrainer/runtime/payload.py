@@ -5,6 +5,8 @@ included). Large objects inside travel through Ray's object store as one ``ray.p
 import inspect
 from dataclasses import dataclass, field
 
+from ..integrations import RebuiltCallbacks
+
 # Display callbacks are the driver's business: workers get them rebuilt or not at all.
 _DISPLAY_CALLBACK_NAMES = {"DefaultFlowCallback", "ProgressCallback", "PrinterCallback", "NotebookProgressCallback"}
 
@@ -45,7 +47,8 @@ def blueprint_of(trainer) -> TrainerBlueprint:
         model=trainer.model,
         model_init=None,  # the driver already built this run's model
         args=trainer.args,
-        callbacks=[cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ not in _DISPLAY_CALLBACK_NAMES],
+        callbacks=RebuiltCallbacks(cb for cb in trainer.callback_handler.callbacks
+                                   if type(cb).__name__ not in _DISPLAY_CALLBACK_NAMES),
         scaling_config=None,
         run_config=None,
     )

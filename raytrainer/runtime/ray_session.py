@@ -127,11 +127,22 @@ def quiet_ray(args=None):
                 _restore(_QUIET.pop("saved"))
 
 
+class _WithoutBarsNotice(logging.Filter):
+    """Ray Data warns that its progress bars are off, which is what quiet asked for."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Progress bars disabled")
+
+
+_BARS_NOTICE = _WithoutBarsNotice()
+
+
 def _silence():
     loggers = [logging.getLogger(name) for name in _RAY_LOGGERS]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(max(logger.level, logging.WARNING))
+    _data_logger().addFilter(_BARS_NOTICE)
     data_context, bars = _data_context_progress_bars(False)
     return loggers, levels, data_context, bars
 
@@ -140,8 +151,14 @@ def _restore(saved) -> None:
     loggers, levels, data_context, bars = saved
     for logger, level in zip(loggers, levels):
         logger.setLevel(level)
+    _data_logger().removeFilter(_BARS_NOTICE)
     if data_context is not None:
         data_context.enable_progress_bars = bars
+
+
+def _data_logger() -> logging.Logger:
+    # the notice comes from Ray Data's progress module, whose logger sits below ray.data
+    return logging.getLogger("ray.data._internal.progress")
 
 
 def _data_context_progress_bars(enabled: bool):

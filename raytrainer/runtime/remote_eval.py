@@ -66,5 +66,19 @@ def evaluate_on_workers(trainer, method: str, kwargs: dict):
         shutil.rmtree(storage, ignore_errors=True)
     result = pickle.loads(ray.get(channel.result.remote()))
     ray.kill(channel)
+    logged_before = len(trainer.state.log_history)
     trainer.state = TrainerState(**result["state"])  # the evaluation's log entry included
+    _report_to_tracking(trainer, trainer.state.log_history[logged_before:])
     return result["output"]
+
+
+def _report_to_tracking(trainer, entries: list) -> None:
+    """The evaluation's log lines into the driver's tracking runs (TensorBoard, MLflow, W&B), which
+    continue the runs training handed back; the workers' copies of those callbacks were removed."""
+    from ..integrations.base import ReportingCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, ReportingCallback):
+            for entry in entries:
+                logs = {key: value for key, value in entry.items() if key != "step"}
+                callback.on_log(trainer.args, trainer.state, trainer.control, logs=logs)

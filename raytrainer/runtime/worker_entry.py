@@ -4,6 +4,7 @@ import dataclasses
 
 import ray
 
+from ..callbacks.jit_checkpoint import jit_checkpointing
 from ..loop.training import run_training
 from .context import LocalContext, WorkerContext
 from .ray_session import quiet_train_worker, ray_logs_wanted
@@ -15,7 +16,8 @@ _DISPLAY_CALLBACKS = ("ProgressCallback", "PrinterCallback", "NotebookProgressCa
 def local_train_loop(config: dict) -> None:
     """Local mode: the job holds the user's own Trainer object."""
     job = config["job"]
-    job.result["output"] = run_training(job.trainer, LocalContext(job.checkpoint_root), job.request)
+    with jit_checkpointing(job.trainer):  # SIGTERM -> checkpoint and stop, when enable_jit_checkpoint
+        job.result["output"] = run_training(job.trainer, LocalContext(job.checkpoint_root), job.request)
 
 
 def remote_train_loop(config: dict) -> None:
@@ -41,9 +43,13 @@ def remote_eval_loop(config: dict) -> None:
 
     if not ray_logs_wanted():
         quiet_train_worker()
+    from ..integrations.base import ReportingCallback
+
     job = config["job"]
     context = WorkerContext(job)
     trainer = _build_trainer(job)
+    for callback in [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, ReportingCallback)]:
+        trainer.callback_handler.remove_callback(callback)  # the driver's own ones log the result (remote_eval)
     trainer.state = TrainerState(**job.state)
     strategy = choose_strategy(trainer.args)
     run = RunState.for_evaluation(trainer.args, trainer.args.train_batch_size, strategy, context=context)

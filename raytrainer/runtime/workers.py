@@ -8,6 +8,7 @@ import ray
 from ray.train.torch import TorchTrainer
 
 from ..data.stream_shards import torch_trainer_data
+from ..integrations import adopt_runs
 from ..modeling import unwrap_model
 from ..outputs import TrainOutput
 from ..state import TrainerState
@@ -62,4 +63,5 @@ def _apply_result(trainer, result) -> TrainOutput:
         trainer.final_model_dir = result["final_model"]
     trainer.state = TrainerState(**result["state"])
     trainer.model_wrapped = trainer.model
+    adopt_runs(trainer, result.get("tracking_runs"))
     return TrainOutput(*result["output"])
