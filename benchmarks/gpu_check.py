@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import format_table, publish, quiet_library_logs, quiet_stdout  # noqa: E402
-from _gpt import SHAPES, GPT, RandomTokens, flops_per_token  # noqa: E402
+from _gpt import GPT, SHAPES, GPTShape, RandomTokens  # noqa: E402
 from _ray_free import load  # noqa: E402
 
 Trainer, TrainingArguments, TrainerCallback, raytrainer_train = load()
@@ -133,9 +133,12 @@ def _train(context, name, overrides, resume=None):
     args.update(overrides)
     trainer = Trainer(model=model, args=TrainingArguments(**args), train_dataset=context["data"],
                       eval_dataset=context["data"])
-    with quiet_stdout():
-        output = raytrainer_train(trainer, resume)
-        evaluation = trainer.evaluate()["eval_loss"]
+    try:
+        with quiet_stdout():
+            output = raytrainer_train(trainer, resume)
+            evaluation = trainer.evaluate()["eval_loss"]
+    finally:  # tf32=True sets torch's global flags: the next row is full precision again
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     return {"loss": output.training_loss, "eval_loss": evaluation, "trainer": trainer,
             "skipped": output.metrics.get("train_skipped_steps")}
 
@@ -190,11 +193,12 @@ def _sharded_resume_row(context):
 def _out_of_memory_row(context):
     """A batch far too large for the GPU: the first forward runs out of memory, and
     ``auto_find_batch_size`` retries with smaller batches until one fits."""
-    shape = context["shape"]
+    shape = GPTShape(layers=1, heads=2, width=64, positions=1024, vocab=50257)  # big logits, small weights
     free, _ = torch.cuda.mem_get_info()
-    per_sample = 48 * shape.positions * (shape.width * shape.layers * 4 + shape.vocab) * 4  # a generous estimate
-    too_large = int(4 * free / per_sample) + 1
-    big = {**context, "data": RandomTokens(shape, too_large, seed=2), "steps": 2}
+    too_large = int(2 * free / (shape.positions * shape.vocab * 4)) + 1  # the fp32 logits alone need 2x the memory
+    torch.manual_seed(0)
+    big = {**context, "shape": shape, "initial": GPT(shape).state_dict(), "data": RandomTokens(shape, too_large, seed=2),
+           "steps": 2}
     try:
         result = _train(big, "oom", {"auto_find_batch_size": True, "per_device_train_batch_size": too_large})
     except torch.OutOfMemoryError as error:
