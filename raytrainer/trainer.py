@@ -95,6 +95,9 @@ class Trainer(V4TrainerNames, HubMethods):
         apply_log_level(args)  # "passive" keeps the level the user set
         self.model_init = model_init
         self.hp_name = None
+        # after a sharded train() on Ray workers: the folder of the consolidated trained weights (the
+        # driver's self.model keeps the weights it was given; evaluate/predict/save_model use this)
+        self.final_model_dir = None
         self.hp_search_backend = None
         self.is_in_train = False
         if args.full_determinism:
@@ -130,6 +133,7 @@ class Trainer(V4TrainerNames, HubMethods):
         self.place_model_on_device = args.place_model_on_device
         self.neftune_noise_alpha = args.neftune_noise_alpha
         self._run = None  # the RunState of the training or evaluation under way (see _running)
+        self._model_strategy = None  # the parallel strategy that sharded self.model, if one did
         self._train_batch_size = args.train_batch_size  # reduced by auto_find_batch_size on OOM
         self.current_gradient_accumulation_steps = args.gradient_accumulation_steps
 
@@ -189,6 +193,7 @@ class Trainer(V4TrainerNames, HubMethods):
                 set_seed(self.args.seed)
             self.model = self.model_wrapped = self.call_model_init(_user_trial(trial))
         check_output_locations(self.args)
+        self.final_model_dir = None  # an earlier sharded run's weights are not this run's
         return run_training(self, TrainRequest(resume_from_checkpoint, trial, ignore_keys_for_eval))
 
     @contextlib.contextmanager
@@ -197,6 +202,8 @@ class Trainer(V4TrainerNames, HubMethods):
         (``compute_loss``, ``training_step``, the autocast context, ...) read it from here."""
         previous, self._run = self._run, run
         self._train_batch_size = run.train_batch_size
+        if run.strategy.shards_model:
+            self._model_strategy = run.strategy  # the model stays sharded: later evaluations and saves use it
         try:
             yield run
         finally:
@@ -206,7 +213,7 @@ class Trainer(V4TrainerNames, HubMethods):
         """The training run's state during training, else a fresh one with evaluation precision."""
         if self.is_in_train and self._run is not None:
             return self._run
-        return RunState.for_evaluation(self.args, self._train_batch_size)
+        return RunState.for_evaluation(self.args, self._train_batch_size, self._model_strategy)
 
     def _dataset_shard(self, name: str):
         """The current run's Ray Train dataset shard called ``name``, or None."""
@@ -462,11 +469,7 @@ class Trainer(V4TrainerNames, HubMethods):
             loss = self._call_compute_loss(model, inputs, num_items_in_batch)
         if (not self.model_accepts_loss_kwargs or num_items_in_batch is None) and self.compute_loss_func is None:
             loss = loss / self.current_gradient_accumulation_steps
-        scaler = self.scaler
-        if scaler is not None:
-            scaler.scale(loss).backward()
-        else:
-            loss.backward()
+        self._run.strategy.backward(loss, self.scaler)  # DDP/FSDP: loss.backward(), DeepSpeed: its engine
         return loss.detach()
 
     def _call_compute_loss(self, model, inputs, num_items_in_batch):
@@ -521,6 +524,11 @@ class Trainer(V4TrainerNames, HubMethods):
         with the key added to the metric names (``eval_<key>_loss``)."""
         import time
 
+        if self._evaluates_on_workers():
+            from .runtime.remote_eval import evaluate_on_workers
+
+            return evaluate_on_workers(self, "evaluate", dict(eval_dataset=eval_dataset, ignore_keys=ignore_keys,
+                                                              metric_key_prefix=metric_key_prefix))
         datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
         if isinstance(datasets, dict):
             metrics = {}
@@ -547,6 +555,11 @@ class Trainer(V4TrainerNames, HubMethods):
         """Predictions (and metrics, when labels are present) on ``test_dataset``."""
         import time
 
+        if self._evaluates_on_workers():
+            from .runtime.remote_eval import evaluate_on_workers
+
+            return evaluate_on_workers(self, "predict", dict(test_dataset=test_dataset, ignore_keys=ignore_keys,
+                                                             metric_key_prefix=metric_key_prefix))
         if not self.is_in_train:
             self._memory_tracker.start("test")
         dataloader = self.get_test_dataloader(test_dataset)
@@ -557,6 +570,13 @@ class Trainer(V4TrainerNames, HubMethods):
         self._memory_tracker.stop_and_update_metrics("test", output.metrics)
         self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics=output.metrics)
         return PredictionOutput(predictions=output.predictions, label_ids=output.label_ids, metrics=output.metrics)
+
+    def _evaluates_on_workers(self) -> bool:
+        """Evaluation runs where the model lives: on Ray Train workers for a multi-worker
+        ScalingConfig (the workers' own rebuilt Trainer, and evaluations during training, run here)."""
+        from .runtime.scaling import is_local_mode
+
+        return not self.is_in_train and self._run is None and not is_local_mode(self.scaling_config)
 
     def _eval_speed(self, prefix: str, start: float, num_samples: int) -> dict:
         import math
@@ -604,8 +624,13 @@ class Trainer(V4TrainerNames, HubMethods):
     def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False) -> None:
         """Write the model (safetensors unless ``save_safetensors=False``), the processing class and
         ``training_args.json``/``.bin`` to ``output_dir``."""
-        if self.is_world_process_zero():
-            _checkpoint.save_model_folder(self, output_dir or self.args.output_dir)
+        folder = output_dir or self.args.output_dir
+        strategy = self._model_strategy  # a sharded model: every rank takes part in gathering its weights
+        if self.final_model_dir is not None and strategy is None:
+            if self.is_world_process_zero():  # trained sharded on workers: their consolidated weights
+                _checkpoint.copy_model_folder(self, self.final_model_dir, folder)
+        elif strategy is not None or self.is_world_process_zero():
+            _checkpoint.save_model_folder(self, folder, strategy)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 

@@ -106,13 +106,15 @@ def _check_callables(trainer, callbacks) -> None:
 
 
 def _check_ray_configs(trainer) -> None:
-    from ray.train import RunConfig, ScalingConfig
+    if trainer.scaling_config is not None or trainer.run_config is not None:
+        # imported only then: without Ray configs the loop can run where Ray is absent (benchmarks/gpu_check.sh)
+        from ray.train import RunConfig, ScalingConfig
 
-    if trainer.scaling_config is not None and not isinstance(trainer.scaling_config, ScalingConfig):
-        raise TypeError("Trainer: scaling_config must be a ray.train.ScalingConfig, got "
-                        f"{type(trainer.scaling_config).__name__}.")
-    if trainer.run_config is not None and not isinstance(trainer.run_config, RunConfig):
-        raise TypeError(f"Trainer: run_config must be a ray.train.RunConfig, got {type(trainer.run_config).__name__}.")
+        if trainer.scaling_config is not None and not isinstance(trainer.scaling_config, ScalingConfig):
+            raise TypeError("Trainer: scaling_config must be a ray.train.ScalingConfig, got "
+                            f"{type(trainer.scaling_config).__name__}.")
+        if trainer.run_config is not None and not isinstance(trainer.run_config, RunConfig):
+            raise TypeError(f"Trainer: run_config must be a ray.train.RunConfig, got {type(trainer.run_config).__name__}.")
     if not is_local_mode(trainer.scaling_config) and trainer.args.batch_eval_metrics:
         raise ValueError(
             "TrainingArguments.batch_eval_metrics=True is not supported with Ray Train workers (each worker "
@@ -217,8 +219,9 @@ def _check_training_features(trainer) -> None:
         raise ValueError(f"TrainingArguments.neftune_noise_alpha needs a model with get_input_embeddings(); "
                          f"{type(model).__name__} has none.")
     if args.fsdp or args.deepspeed:
-        raise ValueError("TrainingArguments.fsdp/deepspeed: raytrainer does not run FSDP or DeepSpeed yet; "
-                         "remove the setting to train with plain data parallelism.")
+        from .parallel.checks import check_sharding
+
+        check_sharding(args, model, num_workers(trainer.scaling_config) or 1)  # option errors, FSDP2 notes, DeepSpeed installed: here, not on a worker
     if is_local_mode(trainer.scaling_config):
         choose_precision(args, args.device)  # fp16 on a machine without CUDA fails here, not mid-run
     elif (args.fp16 or args.fp16_full_eval) and trainer.scaling_config is not None and not trainer.scaling_config.use_gpu:

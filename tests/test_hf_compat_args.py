@@ -268,7 +268,7 @@ def test_loader_start_method_and_order_reach_the_dataloader(make_args):
 def test_ddp_static_graph_reaches_distributed_data_parallel(tmp_path):
     import torch.distributed as dist
 
-    from raytrainer.loop.model_setup import _wrap_ddp
+    from raytrainer.parallel.strategy import _wrap_ddp  # DDP is the default parallel strategy
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:

@@ -11,10 +11,11 @@ from .layout import (
 )
 from .reader import restore_training_state, safe_load
 from .weights import load_weights, save_weights
-from .writer import finalize_checkpoints, save_checkpoint, save_model_folder
+from .writer import copy_model_folder, finalize_checkpoints, save_checkpoint, save_model_folder
 
 __all__ = [
     "PREFIX_CHECKPOINT_DIR",
+    "copy_model_folder",
     "best_metric_name",
     "finalize_checkpoints",
     "latest_complete_checkpoint",

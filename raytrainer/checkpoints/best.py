@@ -4,7 +4,6 @@ import os
 import warnings
 
 from .layout import checkpoint_dir
-from .weights import load_weights
 
 
 def read_metric(metrics: dict, name: str) -> float:
@@ -47,9 +46,10 @@ def record_best_checkpoint(trainer, root: str) -> None:
         state.best_model_checkpoint = candidate
 
 
-def load_best_model(model, path: str) -> None:
-    """``load_best_model_at_end``: the weights of the best checkpoint at ``path`` into ``model``."""
+def load_best_model(trainer, path: str, strategy) -> None:
+    """``load_best_model_at_end``: the weights of the best checkpoint at ``path`` into the
+    trainer's model, the way the run's parallel strategy holds it (every rank calls this)."""
     if not os.path.isdir(path):
         warnings.warn(f"load_best_model_at_end: the best checkpoint {path} is gone; keeping the last weights.")
         return
-    load_weights(model, path)
+    strategy.load_weights(trainer, path)

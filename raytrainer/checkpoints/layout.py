@@ -19,6 +19,10 @@ SCALER_NAME = "scaler.pt"
 TRAINER_STATE_NAME = "trainer_state.json"
 TRAINING_ARGS_NAME = "training_args.json"
 TRAINING_ARGS_BIN_NAME = "training_args.bin"  # torch.save(args), as HF writes it; never loaded here
+# a sharded model's checkpoint (raytrainer.parallel): FSDP's DCP folders, DeepSpeed's tag pointer
+SHARDED_MODEL_DIR = "pytorch_model_fsdp_0"
+SHARDED_OPTIMIZER_DIR = "optimizer_0"
+DEEPSPEED_LATEST = "latest"
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _TMP_RE = re.compile(rf"^\.tmp-{PREFIX_CHECKPOINT_DIR}-\d+-(\d+)$")
 
@@ -50,7 +54,14 @@ def sorted_checkpoints(root: str) -> list:
 
 
 def has_weights(folder: str) -> bool:
-    return any(os.path.exists(os.path.join(folder, name)) for name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME, TORCH_WEIGHTS_NAME))
+    names = (WEIGHTS_NAME, WEIGHTS_INDEX_NAME, TORCH_WEIGHTS_NAME, os.path.join(SHARDED_MODEL_DIR, ".metadata"),
+             DEEPSPEED_LATEST)
+    return any(os.path.exists(os.path.join(folder, name)) for name in names)
+
+
+def _has_optimizer(folder: str) -> bool:
+    names = (OPTIMIZER_NAME, os.path.join(SHARDED_OPTIMIZER_DIR, ".metadata"), DEEPSPEED_LATEST)
+    return any(os.path.exists(os.path.join(folder, name)) for name in names)
 
 
 def missing_files(folder: str) -> list:
@@ -58,7 +69,8 @@ def missing_files(folder: str) -> list:
     missing = [] if has_weights(folder) else [WEIGHTS_NAME]
     required = [TRAINER_STATE_NAME]
     if _saved_training_objects(folder):
-        required += [OPTIMIZER_NAME, SCHEDULER_NAME]
+        required.append(SCHEDULER_NAME)
+        missing += [] if _has_optimizer(folder) else [OPTIMIZER_NAME]
     return missing + [name for name in required if not os.path.exists(os.path.join(folder, name))]
 
 

@@ -14,8 +14,7 @@ import torch
 from ..run_summary import warn_if_arguments_differ
 from ..state import TrainerState
 from .callback_states import restore_callback_states
-from .layout import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
-from .weights import load_weights
+from .layout import SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from .writer import rng_state_name
 
 _RESTORED_STATE_FIELDS = ("global_step", "epoch", "log_history", "best_metric", "best_global_step",
@@ -43,16 +42,14 @@ def _numpy_rng_globals() -> list:
     return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _reconstruct]
 
 
-def restore_training_state(trainer, folder: str, plan):
-    """Load model, optimizer, scheduler, scaler, RNG and trainer state from ``folder``; returns
-    ``(epochs_trained, batches_to_skip_in_that_epoch)``."""
+def restore_training_state(trainer, folder: str, plan, strategy):
+    """Load model, optimizer (through the run's parallel ``strategy``), scheduler, scaler, RNG and
+    trainer state from ``folder``; returns ``(epochs_trained, batches_to_skip_in_that_epoch)``."""
     args = trainer.args
-    load_weights(trainer.model, folder)
-    for name in (OPTIMIZER_NAME, SCHEDULER_NAME):
-        if not os.path.exists(os.path.join(folder, name)):
-            raise FileNotFoundError(f"Checkpoint {folder} has no {name} (saved with save_only_model=True?): its "
-                                    "weights can be loaded into a model, but training cannot resume from it.")
-    trainer.optimizer.load_state_dict(safe_load(os.path.join(folder, OPTIMIZER_NAME), map_location=args.device))
+    if not os.path.exists(os.path.join(folder, SCHEDULER_NAME)):
+        raise FileNotFoundError(f"Checkpoint {folder} has no {SCHEDULER_NAME} (saved with save_only_model=True?): "
+                                "its weights can be loaded into a model, but training cannot resume from it.")
+    strategy.load_checkpoint(trainer, folder)
     trainer.lr_scheduler.load_state_dict(safe_load(os.path.join(folder, SCHEDULER_NAME)))
     if trainer.scaler is not None and os.path.exists(os.path.join(folder, SCALER_NAME)):
         trainer.scaler.load_state_dict(safe_load(os.path.join(folder, SCALER_NAME)))

@@ -14,13 +14,16 @@ from .safetensors_io import read_header, read_safetensors, write_safetensors
 MAX_SHARD_BYTES = 5 * 10**9  # the HF default max_shard_size ("5GB")
 
 
-def save_weights(model, folder: str, safe_serialization: bool = True) -> None:
+def save_weights(model, folder: str, safe_serialization: bool = True, state_dict: dict = None) -> None:
+    """``model``'s weights into ``folder``; ``state_dict``, when given, holds them instead of the
+    model (a sharded model's gathered weights)."""
     model = unwrap_model(model)
     os.makedirs(folder, exist_ok=True)
     if callable(getattr(model, "save_pretrained", None)):  # transformers models add config.json
-        model.save_pretrained(folder, safe_serialization=safe_serialization)
+        extra = {} if state_dict is None else {"state_dict": state_dict}
+        model.save_pretrained(folder, safe_serialization=safe_serialization, **extra)
         return
-    state_dict = _deduplicated_state_dict(model)
+    state_dict = _deduplicated(model.state_dict() if state_dict is None else state_dict)
     if not safe_serialization:
         torch.save(state_dict, os.path.join(folder, TORCH_WEIGHTS_NAME))
         return
@@ -42,11 +45,11 @@ def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def _deduplicated_state_dict(model) -> dict:
+def _deduplicated(state_dict: dict) -> dict:
     """The state dict with tied weights stored once (safetensors refuses shared storage); the
     dropped names are restored by ``load_state_dict`` through the tie itself."""
     seen, result = set(), {}
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state_dict.items():
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)) if tensor.numel() else None
         if key is not None and key in seen:
             continue

@@ -10,7 +10,6 @@ import torch
 from ..state import ExportableState
 from .best import record_best_checkpoint
 from .layout import (
-    OPTIMIZER_NAME,
     SCALER_NAME,
     SCHEDULER_NAME,
     TRAINER_STATE_NAME,
@@ -21,29 +20,50 @@ from .training_args_files import write_training_args
 from .weights import save_weights
 
 
-def save_model_folder(trainer, output_dir: str) -> None:
-    """``Trainer.save_model``: weights, the processing class and the arguments (``training_args.json``
-    and ``.bin``)."""
-    save_weights(trainer.model, output_dir, trainer.args.save_safetensors)
+def save_model_folder(trainer, output_dir: str, strategy=None) -> None:
+    """``Trainer.save_model``: weights, the processing class and ``training_args.json``. With the
+    ``strategy`` of a sharded model every rank calls this, to gather the weights; rank 0 writes."""
+    if strategy is not None:
+        strategy.save_model(trainer, output_dir)
+    if not trainer.is_world_process_zero():
+        return
+    if strategy is None:
+        save_weights(trainer.model, output_dir, trainer.args.save_safetensors)
+    _save_extras(trainer, output_dir)
+
+
+def _save_extras(trainer, output_dir: str) -> None:
     processing_class = trainer.processing_class
     if processing_class is not None and callable(getattr(processing_class, "save_pretrained", None)):
         processing_class.save_pretrained(output_dir)
     write_training_args(trainer.args, output_dir)
 
 
+def copy_model_folder(trainer, source: str, output_dir: str) -> None:
+    """``Trainer.save_model`` on the driver of a sharded run: the weights the workers consolidated in
+    ``source`` (copied, not loaded), the processing class and ``training_args.json``."""
+    os.makedirs(output_dir, exist_ok=True)
+    if os.path.abspath(source) != os.path.abspath(output_dir):
+        for name in os.listdir(source):
+            if not name.startswith("."):
+                shutil.copy2(os.path.join(source, name), os.path.join(output_dir, name))
+    _save_extras(trainer, output_dir)
+
+
 def save_checkpoint(trainer, model, run) -> str:
     """Write ``checkpoint-<global_step>`` through ``run.sink`` and rotate older ones; returns its path.
 
     Processes that save (rank 0, or each node's first with ``save_on_each_node``) write the
-    replicated state: weights, optimizer, scheduler, trainer state. Every rank writes its own RNG
-    state. The folder appears under its final name only once complete."""
+    replicated state: scheduler, scaler, trainer state; the run's parallel strategy writes model and
+    optimizer (all of it from those processes, or each rank its shard). Every rank writes its own
+    RNG state. The folder appears under its final name only once complete."""
     args, state = trainer.args, trainer.state
     sink = run.sink
     writes_shared = args.should_save
     staging = sink.stage(state.global_step, writes_shared)
     _save_rng_state(staging, args.process_index)
+    run.strategy.save_checkpoint(trainer, model, staging, writes_shared)  # sharded: every rank writes its part
     if writes_shared:
-        save_weights(model, staging, args.save_safetensors)
         if not args.save_only_model:
             _save_training_objects(trainer, run.scaler, staging)
         record_best_checkpoint(trainer, sink.root)
@@ -57,7 +77,8 @@ def save_checkpoint(trainer, model, run) -> str:
 
 
 def _save_training_objects(trainer, scaler, folder: str) -> None:
-    torch.save(trainer.optimizer.state_dict(), os.path.join(folder, OPTIMIZER_NAME))
+    """What every rank holds alike: the scheduler and the fp16 scaler (the optimizer's state is
+    the strategy's, as it may be sharded)."""
     torch.save(trainer.lr_scheduler.state_dict(), os.path.join(folder, SCHEDULER_NAME))
     if scaler is not None:
         torch.save(scaler.state_dict(), os.path.join(folder, SCALER_NAME))

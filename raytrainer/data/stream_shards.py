@@ -149,12 +149,12 @@ def torch_trainer_data(trainer, scaling_config=None) -> dict:
 
 
 def _read_source(trainer, stream: StreamingDataset, training: bool, description: str, shard_of):
-    """Where this process reads the stream: its Ray Train shard while training (``shard_of(name)``
-    for the name it was registered under), else the driver's own dataset (evaluate/predict in
-    this process)."""
+    """Where this process reads the stream: its Ray Train shard in a run on Ray Train (training, or
+    evaluate/predict on workers: ``shard_of(name)`` for the name it was registered under), else the
+    driver's own dataset (evaluate/predict in this process)."""
     name = next((name for name, (registered, is_training) in registered_streams(trainer).items()
                  if registered is stream and is_training == training), None)
-    shard = shard_of(name) if name is not None and trainer.is_in_train else None
+    shard = shard_of(name) if name is not None else None  # None outside a run on Ray Train (driver, local)
     if shard is not None:
         return shard
     if stream.on_driver and trainer.args.world_size == 1:

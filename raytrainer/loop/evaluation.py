@@ -69,7 +69,7 @@ def run_evaluation_loop(trainer, run, dataloader, description, prediction_loss_o
     # never the DDP wrapper: ranks may see different numbers of eval batches, and a DDP forward
     # can start collectives (buffer broadcasts) that would then wait forever
     model = _without_ddp(trainer.model_wrapped) if trainer.is_in_train else trainer.model
-    if not trainer.is_in_train:
+    if not trainer.is_in_train and not run.strategy.shards_model:  # a sharded model sits where it was sharded
         model.to(args.device)
     log_evaluation_summary(trainer, dataloader, description)
     model.eval()
@@ -77,7 +77,7 @@ def run_evaluation_loop(trainer, run, dataloader, description, prediction_loss_o
     past_before, run.past = run.past, None
     try:
         with trainer._running(run):
-            arrays, observed, metrics = _evaluate_batches(trainer, model, dataloader, prediction_loss_only,
+            arrays, observed, metrics = _evaluate_batches(trainer, run, model, dataloader, prediction_loss_only,
                                                           ignore_keys)
     finally:
         run.past = past_before
@@ -88,7 +88,7 @@ def run_evaluation_loop(trainer, run, dataloader, description, prediction_loss_o
     return _gathered_output(trainer, arrays, _count_samples(dataloader, observed), metrics, prefix)
 
 
-def _evaluate_batches(trainer, model, dataloader, prediction_loss_only, ignore_keys):
+def _evaluate_batches(trainer, run, model, dataloader, prediction_loss_only, ignore_keys):
     """Every batch through ``prediction_step``; returns ``(arrays, examples seen, metrics)``
     (metrics only under ``batch_eval_metrics``)."""
     args = trainer.args
@@ -100,7 +100,11 @@ def _evaluate_batches(trainer, model, dataloader, prediction_loss_only, ignore_k
     metrics, observed = None, 0
     main_input = getattr(unwrap_model(model), "main_input_name", "input_ids")  # looked up once
     calls = OverrideCalls(trainer)
-    for step, (inputs, is_last) in enumerate(_with_last_flag(dataloader)):  # a stream has no length
+    # a sharded model's forward is a collective: the strategy keeps every rank's passes in step (a
+    # copy of the inputs: the loss computation may pop the labels)
+    batches = run.strategy.eval_batches(_with_last_flag(dataloader),
+                                        lambda item: calls.prediction_step(model, dict(item[0]), True))
+    for step, (inputs, is_last) in enumerate(batches):  # a stream has no length
         observed_batch = find_batch_size(inputs)
         if observed_batch is not None:
             observed += observed_batch

@@ -1,11 +1,11 @@
 """Model preparation for a training run: device placement, gradient checkpointing, NEFTune noise
-and ``torch.compile``. ``trainer.model`` always stays the user's module; the loop trains
-``trainer.model_wrapped``, which may be a compiled (or, on workers, DDP) wrapper around it."""
+and the wrapping the run's parallel strategy does (``torch.compile``, DDP, FSDP, DeepSpeed).
+``trainer.model`` always stays the user's module (sharded in place under FSDP); the loop trains
+``trainer.model_wrapped``, which may be a wrapper around it."""
 
 import torch
 
 from ..modeling import unwrap_model
-from .collectives import is_distributed
 
 
 def prepare_model_for_training(trainer, run):
@@ -17,39 +17,15 @@ def prepare_model_for_training(trainer, run):
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
         torch.backends.cudnn.allow_tf32 = args.tf32
     if trainer.place_model_on_device:
-        model.to(args.device)
+        run.strategy.place(model, args.device)
     if args.gradient_checkpointing:
         kwargs = args.gradient_checkpointing_kwargs or {"use_reentrant": True}
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if args.neftune_noise_alpha is not None:
         run.on_release(_attach_neftune(model, args.neftune_noise_alpha).remove)
-    wrapped = model
-    if args.torch_compile:
-        wrapped = torch.compile(model, backend=args.torch_compile_backend or "inductor",
-                                mode=args.torch_compile_mode)
-    if is_distributed(args):
-        wrapped = _wrap_ddp(wrapped, model, args)
+    wrapped = run.strategy.wrap(trainer, model)  # compile and DDP, or sharding (raytrainer.parallel)
     trainer.model_wrapped = wrapped
     return wrapped
-
-
-def _wrap_ddp(wrapped, model, args):
-    """DistributedDataParallel with the ``ddp_*`` arguments; unused-parameter search defaults as
-    in HF: off for a transformers model with gradient checkpointing, on otherwise."""
-    if args.ddp_find_unused_parameters is not None:
-        find_unused = args.ddp_find_unused_parameters
-    else:
-        find_unused = not getattr(model, "is_gradient_checkpointing", False)
-    options = {"find_unused_parameters": find_unused}
-    if args.ddp_bucket_cap_mb is not None:
-        options["bucket_cap_mb"] = args.ddp_bucket_cap_mb
-    if args.ddp_broadcast_buffers is not None:
-        options["broadcast_buffers"] = args.ddp_broadcast_buffers
-    if args.ddp_static_graph is not None:
-        options["static_graph"] = args.ddp_static_graph
-    device = args.device
-    device_ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids, **options)
 
 
 def _attach_neftune(model, alpha: float):

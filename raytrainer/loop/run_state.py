@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..parallel import DataParallel, choose_strategy
 from .precision import Precision, choose_precision
 
 
@@ -26,6 +27,7 @@ class TrainRequest:
 @dataclass
 class RunState:
     context: Any  # runtime.context.ExecutionContext: where this run happens (None: an evaluation outside training)
+    strategy: Any  # raytrainer.parallel: how this rank holds the model (DDP, FSDP, DeepSpeed)
     precision: Precision
     device: torch.device
     train_batch_size: int
@@ -33,6 +35,7 @@ class RunState:
     past: Any = None  # the model's memory output when past_index >= 0
     flos: float = 0.0  # floating point operations since they were last added to the state
     releases: list = field(default_factory=list)  # undo at the end of training (NEFTune's hook)
+    skipped_steps: int = 0  # optimizer steps fp16 loss scaling skipped (inf/NaN gradients)
 
     @property
     def scaler(self):
@@ -41,14 +44,19 @@ class RunState:
     @classmethod
     def for_training(cls, args, context, train_batch_size: int) -> "RunState":
         device = args.device
-        return cls(context=context, precision=choose_precision(args, device, training=True), device=device,
-                   train_batch_size=train_batch_size, sink=context.checkpoint_sink() if context else None)
+        strategy = choose_strategy(args)
+        return cls(context=context, strategy=strategy, device=device, train_batch_size=train_batch_size,
+                   precision=strategy.precision(choose_precision(args, device, training=True)),
+                   sink=context.checkpoint_sink() if context else None)
 
     @classmethod
-    def for_evaluation(cls, args, train_batch_size: int) -> "RunState":
+    def for_evaluation(cls, args, train_batch_size: int, strategy=None, context=None) -> "RunState":
+        """An evaluation outside training, with the strategy of the model it evaluates (a replicated
+        model unless a sharded one was prepared for it), in ``context`` (None: this process)."""
         device = args.device
-        return cls(context=None, precision=choose_precision(args, device, training=False), device=device,
-                   train_batch_size=train_batch_size)
+        strategy = strategy or DataParallel(args)
+        return cls(context=context, strategy=strategy, device=device, train_batch_size=train_batch_size,
+                   precision=strategy.precision(choose_precision(args, device, training=False)))
 
     def on_release(self, undo: Callable) -> None:
         self.releases.append(undo)

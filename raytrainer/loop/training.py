@@ -119,12 +119,13 @@ class TrainingLoop:
             dataset_size=trainer.num_examples(dataloader) if batches_per_epoch is not None else None,
         )
         trainer.state = self._fresh_state(plan)
+        strategy = self.run_state.strategy
         model = prepare_model_for_training(trainer, self.run_state)
-        trainer.create_optimizer_and_scheduler(num_training_steps=plan.max_steps)
+        model = strategy.create_optimizer_and_scheduler(trainer, model, plan.max_steps)
         epochs_trained, batches_to_skip = 0, 0
         if self.resume_from_checkpoint is not None:
             epochs_trained, batches_to_skip = _checkpoint.restore_training_state(
-                trainer, self.resume_from_checkpoint, plan)
+                trainer, self.resume_from_checkpoint, plan, strategy)
             self.globalstep_last_logged = trainer.state.global_step
         resume = None if self.resume_from_checkpoint is None else (
             self.resume_from_checkpoint, epochs_trained, batches_to_skip)
@@ -153,7 +154,7 @@ class TrainingLoop:
         args = self.args
         self.calls = OverrideCalls(self.trainer)
         self.on_cpu = args.device.type == "cpu"
-        self.no_sync = getattr(model, "no_sync", None)
+        self.no_sync = self.run_state.strategy.no_sync(model)
         self.scheduler_steps_per_step = not steps_on_metric(self.trainer.lr_scheduler)
         self.count_tokens = args.include_num_input_tokens_seen != "no" or args.include_tokens_per_second
         self.token_mode = args.include_num_input_tokens_seen
@@ -220,7 +221,7 @@ class TrainingLoop:
             trainer.state.num_input_tokens_seen += input_token_count(inputs, main_input, self.token_mode,
                                                                      self.pad_token_id)
         if self.no_sync is not None and not sync_gradients:
-            with self.no_sync():  # DDP: all-reduce once per window, on its last micro-batch
+            with self.no_sync():  # reduce gradients once per window, on its last micro-batch
                 loss = self.calls.training_step(model, inputs, num_items)
         else:
             loss = self.calls.training_step(model, inputs, num_items)
@@ -242,23 +243,21 @@ class TrainingLoop:
 
     def _optimizer_step(self, model):
         trainer, args = self.trainer, self.args
-        scaler = self.run_state.scaler
-        if scaler is not None:
-            scaler.unscale_(trainer.optimizer)
+        scaler, strategy = self.run_state.scaler, self.run_state.strategy
         # HF v5 logs the gradient norm even without clipping (an infinite max norm only measures)
         clip_to = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else float("inf")
-        self.grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_to)
+        self.grad_norm = strategy.clip_gradients(model, trainer.optimizer, clip_to, scaler)
         trainer.control = trainer.callback_handler.on_pre_optimizer_step(args, trainer.state, trainer.control)
-        if scaler is not None:
-            scaler.step(trainer.optimizer)
-            scaler.update()
-        else:
-            trainer.optimizer.step()
+        stepped = strategy.optimizer_step(trainer.optimizer, scaler)
+        if self.grad_norm is None:  # DeepSpeed clips inside its step
+            self.grad_norm = strategy.last_grad_norm()
         trainer.control = trainer.callback_handler.on_optimizer_step(args, trainer.state, trainer.control)
         self.learning_rate = trainer._get_learning_rate()  # the rate this step used (logged as in HF v5)
-        if self.scheduler_steps_per_step:
+        if not stepped:
+            self.run_state.skipped_steps += 1  # fp16 overflow: the schedule waits too (as in HF)
+        elif self.scheduler_steps_per_step:
             trainer.lr_scheduler.step()
-        model.zero_grad(set_to_none=True)
+        strategy.zero_grad(model)
         trainer.state.global_step += 1
         if args.torch_empty_cache_steps and trainer.state.global_step % args.torch_empty_cache_steps == 0:
             if torch.cuda.is_available():
@@ -313,7 +312,7 @@ class TrainingLoop:
     def _finish(self, plan, start_time) -> TrainOutput:
         trainer, args, state = self.trainer, self.args, self.trainer.state
         if args.load_best_model_at_end and state.best_model_checkpoint is not None:
-            _checkpoint.load_best_model(trainer.model, state.best_model_checkpoint)
+            _checkpoint.load_best_model(trainer, state.best_model_checkpoint, self.run_state.strategy)
         self.total_loss_scalar += self._gathered_mean(self.tr_loss).item()  # sync: once, at the end
         train_loss = self.total_loss_scalar / max(state.global_step, 0.001)
         tokens = state.num_input_tokens_seen if args.include_tokens_per_second else None
@@ -322,6 +321,8 @@ class TrainingLoop:
         trainer.store_flos()
         metrics["total_flos"] = state.total_flos
         metrics["train_loss"] = train_loss
+        if self.run_state.scaler is not None:
+            metrics["train_skipped_steps"] = self.run_state.skipped_steps
         trainer._memory_tracker.stop_and_update_metrics("train", metrics)
         trainer.is_in_train = False
         trainer.log(metrics)  # adds "epoch" to the returned metrics too, as HF does

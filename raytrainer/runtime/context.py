@@ -23,6 +23,8 @@ from typing import Optional
 
 from ..checkpoints.sinks import RUN_ID_NAME, LocalSink, RayStorageSink
 
+FINAL_MODEL_DIR = "final_model"  # a sharded run's consolidated weights, beside its checkpoints
+
 
 class ExecutionContext:
     """The default behaviour: checkpoints renamed into ``checkpoint_root``, no dataset shards, no
@@ -114,15 +116,25 @@ class WorkerContext(ExecutionContext):
             yield folder if written_by_this_run else requested
 
     def finish(self, trainer, output) -> None:
-        import ray
         import ray.train
 
+        metrics = {**output.metrics, "step": output.global_step}
+        strategy = trainer._model_strategy
+        if strategy is None:  # a replicated model: rank 0 sends the trained weights home
+            self.send_home(final_result(trainer, output))
+            ray.train.report(metrics)
+            return
+        # a sharded model never travels to the driver: its consolidated weights go to storage
+        final_dir = report_final_model(trainer, strategy, self.checkpoint_root, metrics)
+        self.send_home({**final_result(trainer, output, weights=False), "final_model": final_dir})
+
+    def send_home(self, result) -> None:
+        """Rank 0's result to the driver, as bytes: the channel actor never imports torch
+        (unpickling tensors there would make it import torch while the workers wait)."""
+        import ray
+
         if self.rank == 0:
-            # as bytes: the channel actor never imports torch (unpickling tensors there would make
-            # it import torch while both workers wait)
-            result = pickle.dumps(final_result(trainer, output), protocol=5)
-            ray.get(self.job.channel.set_result.remote(result))
-        ray.train.report({**output.metrics, "step": output.global_step})
+            ray.get(self.job.channel.set_result.remote(pickle.dumps(result, protocol=5)))
 
 
 def _ray_train_dataset_shard(name: str):
@@ -134,14 +146,43 @@ def _ray_train_dataset_shard(name: str):
         return None  # not handed to this run (workers raise KeyError, local mode asserts)
 
 
-def final_result(trainer, output) -> dict:
-    """What rank 0 sends home: the trained weights, the final state and ``TrainOutput``."""
+def final_result(trainer, output, weights: bool = True) -> dict:
+    """What rank 0 sends home: the final state, ``TrainOutput`` and (a replicated model) the weights."""
     import dataclasses
 
     from ..modeling import unwrap_model
 
     from ..integrations import hand_off_runs
 
-    weights = {name: t.detach().to("cpu") for name, t in unwrap_model(trainer.model).state_dict().items()}
-    return {"weights": weights, "state": dataclasses.asdict(trainer.state), "output": tuple(output),
-            "tracking_runs": hand_off_runs(trainer)}  # the driver's evaluate() logs into the same runs
+    result = {"state": dataclasses.asdict(trainer.state), "output": tuple(output),
+              "tracking_runs": hand_off_runs(trainer)}  # the driver's evaluate() logs into the same runs
+    if weights:
+        result["weights"] = {name: t.detach().to("cpu") for name, t in unwrap_model(trainer.model).state_dict().items()}
+    return result
+
+
+def report_final_model(trainer, strategy, root: str, metrics: dict) -> str:
+    """Every rank: gather the sharded model into one consolidated ``final_model/`` (rank 0 writes
+    it, ``model.safetensors`` sharded above 5 GB), reported through Ray's storage like a
+    checkpoint; returns its path under ``root``."""
+    import shutil
+    import tempfile
+
+    import ray.train
+    import torch.distributed as dist
+
+    from ..checkpoints.writer import save_model_folder
+
+    staging = tempfile.mkdtemp(prefix="raytrainer-final-model-")
+    final = os.path.join(root, FINAL_MODEL_DIR)
+    try:
+        save_model_folder(trainer, staging, strategy)
+        if trainer.is_world_process_zero() and os.path.isdir(final):
+            shutil.rmtree(final)  # an earlier run's final model must not mix with this one
+        if dist.is_initialized():
+            dist.barrier()
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging),
+                         checkpoint_dir_name=FINAL_MODEL_DIR)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final

@@ -16,7 +16,7 @@ from ray.train.torch import TorchTrainer
 from ..data.stream_shards import torch_trainer_data
 from ..loop.run_state import TrainRequest
 from ..loop.training import run_training as run_loop
-from .context import TuneTrialContext
+from .context import ExecutionContext, TuneTrialContext
 from .jobs import LocalJob, checkpoint_root, default_run_config
 from .ray_session import quiet_datasets, quiet_ray, quiet_run_config
 from .scaling import is_local_mode, resolve_scaling_config
@@ -33,6 +33,10 @@ def run_training(trainer, request: TrainRequest):
         root = checkpoint_root(trainer.args, request.trial)
         if getattr(request.trial, "in_tune_trial", False):
             return run_loop(trainer, TuneTrialContext(root), request)
+        if trainer.args.fsdp or trainer.args.deepspeed:
+            # a sharded model needs its one-rank process group after training too (evaluate, save_model),
+            # and Ray's local mode destroys the group when its run ends: run the loop right here
+            return run_loop(trainer, ExecutionContext(root), request)
         job = LocalJob(trainer, request, root)
         data = torch_trainer_data(trainer)
         with quiet_datasets(data.get("datasets", {}), trainer.args):

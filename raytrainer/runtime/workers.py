@@ -1,5 +1,6 @@
 """Driver side of a run on Ray Train workers: ship the Trainer, run the ``TorchTrainer``, show the
-workers' progress live, and bring the trained weights and state back."""
+workers' progress live, and bring the trained state back (with the weights of a replicated model;
+a sharded model's consolidated weights stay in storage, see ``final_model_dir``)."""
 
 import pickle
 
@@ -33,13 +34,13 @@ def run_on_workers(trainer, scaling_config, request) -> TrainOutput:
         with DriverDisplay(trainer, channel), quiet_datasets(data.get("datasets", {}), trainer.args):
             torch_trainer.fit()
     except ray.train.TrainingFailedError as error:
-        raise _worker_exception(error) from error
+        raise worker_exception(error) from error
     result = pickle.loads(ray.get(channel.result.remote()))  # rank 0 of this run's own workers
     ray.kill(channel)
     return _apply_result(trainer, result)
 
 
-def _worker_exception(error):
+def worker_exception(error):
     """The user's own exception from the lowest failing rank, marked with where it happened."""
     failures = getattr(error, "worker_failures", None) or {}
     if not failures:
@@ -53,7 +54,13 @@ def _worker_exception(error):
 
 
 def _apply_result(trainer, result) -> TrainOutput:
-    unwrap_model(trainer.model).load_state_dict(result["weights"])
+    """A replicated model's trained weights go into the driver's model; a sharded one's stay in
+    storage (``final_model_dir``), where evaluation and ``save_model`` on the workers find them."""
+    if "weights" in result:
+        unwrap_model(trainer.model).load_state_dict(result["weights"])
+        trainer.final_model_dir = None
+    else:
+        trainer.final_model_dir = result["final_model"]
     trainer.state = TrainerState(**result["state"])
     trainer.model_wrapped = trainer.model
     adopt_runs(trainer, result.get("tracking_runs"))

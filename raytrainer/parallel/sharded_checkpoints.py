@@ -1,0 +1,61 @@
+"""Checkpoints of a sharded model with ``torch.distributed.checkpoint`` (DCP).
+
+Inside ``checkpoint-<step>/`` every rank writes its own shard files and rank 0 the index
+(``.metadata``), in accelerate's layout: ``pytorch_model_fsdp_0/`` (``{"model": ...}``) and
+``optimizer_0/`` (``{"optimizer": ...}``). The state dicts are keyed by parameter names, not by
+ranks, so a checkpoint loads on any number of workers: DCP reads the slices each rank now owns.
+Each rank may write into its own staging folder (Ray merges the ranks' folders into one), since
+every file name is unique to its rank.
+"""
+
+import os
+
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from ..checkpoints.layout import SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR
+
+
+def has_sharded_model(folder: str) -> bool:
+    return os.path.exists(os.path.join(folder, SHARDED_MODEL_DIR, ".metadata"))
+
+
+def save_sharded(model, optimizer, folder: str) -> None:
+    """Every rank: its shard of the model (and of the optimizer state, unless None) into ``folder``."""
+    dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=os.path.join(folder, SHARDED_MODEL_DIR))
+    if optimizer is not None:
+        state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
+        dcp.save(state, checkpoint_id=os.path.join(folder, SHARDED_OPTIMIZER_DIR))
+
+
+def load_sharded_model(model, folder: str) -> None:
+    """Every rank: the slices of the checkpoint's weights that this rank's shards cover."""
+    state = {"model": get_model_state_dict(model)}
+    dcp.load(state, checkpoint_id=os.path.join(folder, SHARDED_MODEL_DIR))
+    set_model_state_dict(model, state["model"])
+
+
+def load_sharded_optimizer(model, optimizer, folder: str) -> None:
+    path = os.path.join(folder, SHARDED_OPTIMIZER_DIR)
+    if not os.path.exists(os.path.join(path, ".metadata")):
+        raise FileNotFoundError(f"Checkpoint {folder} has no {SHARDED_OPTIMIZER_DIR}/ (saved with save_only_model=True?): "
+                                "its weights can be loaded into a model, but training cannot resume from it.")
+    state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
+    dcp.load(state, checkpoint_id=path)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
+
+def full_state_dict(model) -> dict:
+    """Every rank takes part; rank 0 receives the whole state dict on the CPU, the others ``{}``."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dict(model, state_dict: dict) -> None:
+    """Every rank takes part; rank 0 passes the whole state dict and every rank receives its shards."""
+    set_model_state_dict(model, state_dict, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))

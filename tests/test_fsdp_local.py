@@ -1,0 +1,117 @@
+"""FSDP2 in one process (a single-rank group): the same maths as no sharding, sharded checkpoints
+that resume exactly, the best model, consolidated weights that load into the plain model."""
+
+import os
+
+import pytest
+import torch
+from conftest import RegressionDataset, RegressionModel, assert_same_logs
+
+from raytrainer import Trainer
+from raytrainer.checkpoints.weights import load_weights
+
+
+def _full(model):
+    return {name: getattr(t, "full_tensor", lambda t=t: t)().detach().clone() for name, t in model.state_dict().items()}
+
+
+def _trainer(make_args, model, **overrides):
+    options = dict(max_steps=6, logging_steps=2, learning_rate=0.05, save_strategy="steps", save_steps=3, seed=3)
+    options.update(overrides)
+    return Trainer(model=model, args=make_args(**options), train_dataset=RegressionDataset(32),
+                   eval_dataset=RegressionDataset(10, seed=4))
+
+
+def test_fsdp_trains_like_plain_and_resumes_exactly_from_its_shards(make_args, tmp_path):
+    torch.manual_seed(0)
+    model, reference, resumed = RegressionModel(), RegressionModel(), RegressionModel()
+    reference.load_state_dict(model.state_dict())
+    resumed.load_state_dict(model.state_dict())
+    sharded = _trainer(make_args, model, fsdp="full_shard", fsdp_config={"transformer_layer_cls_to_wrap": ["Linear"]})
+    sharded.train()
+    plain = _trainer(make_args, reference, output_dir=str(tmp_path / "plain"))
+    plain.train()
+    weights = _full(model)
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-6, msg=name)
+    assert [e.get("loss") for e in sharded.state.log_history] == [e.get("loss") for e in plain.state.log_history]
+
+    folder = os.path.join(sharded.args.output_dir, "checkpoint-3")
+    files = set(os.listdir(folder))
+    assert {"pytorch_model_fsdp_0", "optimizer_0", "scheduler.pt", "trainer_state.json", "rng_state.pth"} <= files
+    assert "model.safetensors" not in files and "optimizer.pt" not in files  # SHARDED_STATE_DICT: shards only
+    assert {".metadata", "__0_0.distcp"} <= set(os.listdir(os.path.join(folder, "pytorch_model_fsdp_0")))
+
+    again = _trainer(make_args, resumed, fsdp="full_shard")  # no layer classes: one unit, same parameter names
+    again.train(resume_from_checkpoint=folder)
+    for name, value in _full(resumed).items():
+        torch.testing.assert_close(value, weights[name], rtol=0, atol=0, msg=name)
+    assert again.state.global_step == 6
+
+    sharded.save_model(str(tmp_path / "saved"))  # consolidated: loads into the plain model
+    plain_copy = RegressionModel()
+    load_weights(plain_copy, str(tmp_path / "saved"))
+    for name, value in plain_copy.state_dict().items():
+        torch.testing.assert_close(value, weights[name], rtol=0, atol=0, msg=name)
+    assert sharded.evaluate()["eval_loss"] == pytest.approx(plain.evaluate()["eval_loss"], rel=1e-6)
+
+
+def test_fsdp_best_model_and_full_state_dict_checkpoints(make_args, tmp_path):
+    torch.manual_seed(1)
+    model = RegressionModel()
+    trainer = _trainer(make_args, model, fsdp="shard_grad_op auto_wrap", max_steps=4, save_steps=1, greater_is_better=True,
+                       eval_strategy="steps", eval_steps=1, load_best_model_at_end=True,
+                       metric_for_best_model="loss", fsdp_config={"min_num_params": 30,
+                                                                  "state_dict_type": "FULL_STATE_DICT"})
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and trainer.state.best_global_step < 4  # the worst loss "wins": an early step
+    assert "model.safetensors" in os.listdir(best)  # FULL_STATE_DICT: the consolidated copy beside the shards
+    from_file = RegressionModel()
+    load_weights(from_file, best)
+    weights = _full(model)
+    for name, value in from_file.state_dict().items():  # the best weights were loaded at the end
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_trains_like_plain_and_resumes_exactly(make_args, tmp_path, stage):
+    pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'raytrainer[deepspeed]'")
+    torch.manual_seed(0)
+    model, reference, resumed = RegressionModel(), RegressionModel(), RegressionModel()
+    reference.load_state_dict(model.state_dict())
+    resumed.load_state_dict(model.state_dict())
+    config = {"zero_optimization": {"stage": stage}, "train_micro_batch_size_per_gpu": "auto",
+              "gradient_accumulation_steps": "auto", "gradient_clipping": "auto"}
+    plain = _trainer(make_args, reference, output_dir=str(tmp_path / "plain"), gradient_accumulation_steps=2)
+    plain.train()
+    zero = _trainer(make_args, model, deepspeed=config, gradient_accumulation_steps=2)
+    zero.train()
+    assert_same_logs(zero.state.log_history[:-1], plain.state.log_history[:-1], ("loss", "grad_norm", "learning_rate"))
+    assert {"global_step3", "latest", "scheduler.pt"} <= set(os.listdir(os.path.join(zero.args.output_dir, "checkpoint-3")))
+    zero.save_model(str(tmp_path / "saved"))
+    saved = RegressionModel()
+    load_weights(saved, str(tmp_path / "saved"))
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(saved.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
+    again = _trainer(make_args, resumed, deepspeed=config, gradient_accumulation_steps=2)
+    again.train(resume_from_checkpoint=os.path.join(zero.args.output_dir, "checkpoint-3"))
+    again.save_model(str(tmp_path / "again"))
+    from_resume = RegressionModel()
+    load_weights(from_resume, str(tmp_path / "again"))
+    for name, value in saved.state_dict().items():
+        torch.testing.assert_close(from_resume.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_rank_group_ends_with_the_module():
+    """A local sharded run keeps its one-rank process group for later evaluations and saves; other
+    test modules (transformers/accelerate comparisons) must not find it."""
+    had_local_rank = "LOCAL_RANK" in os.environ
+    yield
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if not had_local_rank:
+        os.environ.pop("LOCAL_RANK", None)  # set for DeepSpeed's one-rank runs
