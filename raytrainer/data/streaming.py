@@ -69,6 +69,9 @@ def to_ray_dataset(source):
 
     if _is_ray_dataset(source):
         return source
+    from ..runtime.ray_session import ensure_ray
+
+    ensure_ray()  # before Ray Data would start Ray itself, without this process's import path
     if isinstance(source, pa.Table):
         return ray.data.from_arrow(source)
     if _is_hf_dataset(source):

@@ -11,10 +11,9 @@ def plot_results(path: str, records: list, directions: list):
     """Write the PNG to ``path`` and return it, or return None when matplotlib is not installed
     or no trial has an objective."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only; never open a window
-        import matplotlib.pyplot as plt
+        # a Figure of its own, without pyplot: no window, and the backend of a notebook's inline
+        # plots stays as it was
+        from matplotlib.figure import Figure
     except ImportError:
         logger.info("hyperparameter_search: matplotlib is not installed, so no results plot (%s); "
                     "pip install matplotlib to get one.", path)
@@ -24,7 +23,8 @@ def plot_results(path: str, records: list, directions: list):
     if not points:
         return None
     names = sorted({name for record, _ in points for name in record.hyperparameters})
-    figure, axes = plt.subplots(1, 1 + len(names), figsize=(4 * (1 + len(names)), 3.5), squeeze=False)
+    figure = Figure(figsize=(4 * (1 + len(names)), 3.5))
+    axes = figure.subplots(1, 1 + len(names), squeeze=False)
     label = "objective" if len(directions) == 1 else "objective[0]"
     _scatter(axes[0][0], [int(i) for i in range(len(points))], points, "trial", label)
     for axis, name in zip(axes[0][1:], names):
@@ -38,7 +38,6 @@ def plot_results(path: str, records: list, directions: list):
     figure.suptitle(f"hyperparameter search: {len(records)} trials ({', '.join(directions)})")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
-    plt.close(figure)
     return path
 
 

@@ -64,16 +64,19 @@ def _own_copy(callback):
         return callback
 
 
-def run_trial(setup: TrialSetup, trial, *, run_config=None, resume: bool = False,
+def run_trial(setup: TrialSetup, trial, *, run_config=None, resume: bool = False, resume_from: Optional[str] = None,
               on_final_evaluation: Optional[Callable] = None, extra_callbacks=()) -> TrialRecord:
     """Train one trial and return its record (also written to ``<run dir>/trial_result.json``).
 
-    ``resume``: continue from the latest complete checkpoint in the trial's folder (a retried or
-    restored Tune trial). Without an evaluation during training, the trial is evaluated at the end
-    and ``on_final_evaluation(step, values, metrics)`` reports it."""
+    ``resume_from``: a checkpoint folder to continue from (one Tune handed the trial); else with
+    ``resume``, the latest complete checkpoint in the trial's folder (a retried or restored Tune
+    trial). Without an evaluation during training, the trial is evaluated at the end and
+    ``on_final_evaluation(step, values, metrics)`` reports it."""
     start = time.time()
     run_dir = setup.run_dir(trial.run_name)
-    checkpoint = latest_complete_checkpoint(run_dir) if resume and os.path.isdir(run_dir) else None
+    checkpoint = resume_from
+    if checkpoint is None and resume and os.path.isdir(run_dir):
+        checkpoint = latest_complete_checkpoint(run_dir)
     trainer = None
     try:
         trainer = build_trial_trainer(setup, trial.params, run_config, extra_callbacks)

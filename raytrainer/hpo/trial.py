@@ -114,8 +114,13 @@ def _train_report(metrics: dict) -> None:
     ray.train.report(metrics)  # every rank, the same number of times: it is a barrier
 
 
+def take_pending_report():
+    """The held-back ``(send, metrics)`` report, removed (None when there is none)."""
+    return _PENDING.pop("report", None)
+
+
 def flush_pending_report() -> None:
-    pending = _PENDING.pop("report", None)
+    pending = take_pending_report()
     if pending is not None:
         send, metrics = pending
         send(metrics)
@@ -126,7 +131,7 @@ class ReportFlushCallback(TrainerCallback):
     the end of the epoch or of training, whichever comes first."""
 
     def on_train_begin(self, args, state, control, **kwargs):
-        _PENDING.pop("report", None)  # a reused Tune actor: nothing left from its previous trial
+        take_pending_report()  # a reused Tune actor: nothing left from its previous trial
 
     def on_save(self, args, state, control, **kwargs):
         flush_pending_report()

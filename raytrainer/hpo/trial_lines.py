@@ -21,9 +21,15 @@ class TrialLines(tune.Callback):
     def _line(self, trial, status: str) -> None:
         result = trial.last_result or {}
         objectives = {key: value for key, value in result.items() if key.startswith(OBJECTIVE)}
-        shown = ", ".join(f"{key}={_short(value)}" for key, value in objectives.items()) or "no objective"
-        values = ", ".join(f"{key}={_short(value)}" for key, value in sorted(self.sampled_values(trial.config).items()))
-        print(f"trial {trial.trial_id} {status} at step {result.get('step', '?')}: {shown} ({values})", flush=True)
+        print(trial_line(trial.trial_id, status, result.get("step"), objectives, self.sampled_values(trial.config)),
+              flush=True)
+
+
+def trial_line(trial_id, status: str, step, objectives: dict, values: dict) -> str:
+    """``trial <id> <status> at step <n>: objective=<value> (<sampled values>)``, for either backend."""
+    shown = ", ".join(f"{key}={_short(value)}" for key, value in objectives.items()) or "no objective"
+    sampled = ", ".join(f"{key}={_short(value)}" for key, value in sorted(values.items()))
+    return f"trial {trial_id} {status} at step {'?' if step is None else step}: {shown} ({sampled})"
 
 
 def _short(value) -> str:

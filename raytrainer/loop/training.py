@@ -143,7 +143,8 @@ class TrainingLoop:
         self._resolve_per_step_hooks(model)
         model.zero_grad()
         try:
-            self._run_epochs(model, dataloader, plan, epochs_trained, batches_to_skip, start_time)
+            if trainer.state.global_step < plan.max_steps:  # resumed from its last checkpoint: nothing left
+                self._run_epochs(model, dataloader, plan, epochs_trained, batches_to_skip, start_time)
         finally:
             self.run_state.release()
         return self._finish(plan, start_time)

@@ -1,8 +1,10 @@
 """Which ``ScalingConfig`` a run uses, decided on the driver.
 
-Without one, a script or notebook attached to a Ray cluster (``RAY_ADDRESS`` set, e.g. a job
-submitted to the cluster) trains on one Ray worker, with a GPU when the cluster has one; anything
-else (a laptop, tests, a Ray Tune trial) uses Ray Train's local mode in this process.
+Without one, a script or notebook attached to a Ray cluster trains on one Ray worker, with a GPU
+when the cluster has one: a job submitted to the cluster (``RAY_ADDRESS`` set, as Ray Jobs does),
+or a driver whose ``ray.init()`` joined a running cluster (a notebook on a head node; see
+``runtime.cluster``). Anything else (a laptop, tests, a local Ray instance this process started, a
+Ray Tune trial) uses Ray Train's local mode in this process.
 """
 
 import os
@@ -24,12 +26,14 @@ def resolve_scaling_config(scaling_config):
 
 
 def attached_to_cluster() -> bool:
-    if not os.environ.get("RAY_ADDRESS"):
-        return False
     import ray
 
+    from .cluster import joined_existing_cluster
+
     # inside a Ray task or actor (a Tune trial, a Train worker) the run stays where it is
-    return not (ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None)
+    if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+        return False
+    return bool(os.environ.get("RAY_ADDRESS")) or joined_existing_cluster()
 
 
 def is_local_mode(scaling_config) -> bool:

@@ -4,7 +4,8 @@ A trial with ``num_workers=0`` (the default) runs the training loop in the Tune 
 process and reports each evaluation through ``ray.tune.report``; a trial with a multi-worker
 ``scaling_config`` builds its own ``TorchTrainer`` (Ray Train V2's pattern) whose rank-0 reports
 reach Tune through a ``TuneReportCallback``. Optuna's TPE (``OptunaSearch``) proposes the trials
-unless ``search_alg`` is given; any Tune ``scheduler`` (ASHA, median stopping, ...) can stop them.
+unless ``search_alg`` is given; any Tune ``scheduler`` (ASHA, median stopping, ...) can stop them,
+and population-based training clones trials from each other's checkpoints (``hpo.pbt``).
 """
 
 import contextlib
@@ -12,6 +13,14 @@ import math
 import os
 
 from ...runtime.scaling import is_local_mode
+from ..pbt import (
+    TUNE_CHECKPOINTS_KEPT,
+    CheckpointedReportCallback,
+    ExploredHyperparameters,
+    check_pbt,
+    is_pbt,
+    tune_resume_point,
+)
 from ..results import TrialRecord
 from ..runner import read_record, run_trial, saved_best_model_checkpoint, trial_checkpoint
 from ..trial import (
@@ -32,21 +41,30 @@ ARGS_KEY = "training_args"  # where a define-by-run space's returned values sit 
 def run_ray_search(setup, space, n_trials: int, hp_name, options: dict):
     """Run (or, with ``resume=True``, continue) the experiment; returns ``(records, ResultGrid)``."""
     from ray import tune
+    from ray.tune.search import BasicVariantGenerator
 
     from ...runtime.ray_session import ensure_ray, quiet_ray, ray_logs_wanted
     from ..trial_lines import TrialLines
 
+    population_based = is_pbt(options.get("scheduler"))
+    if population_based:
+        check_pbt(setup, options, space)
     ensure_ray()
     metrics = objective_metric_names(len(setup.directions))
     modes = [direction[:3] for direction in setup.directions]
-    param_space, search_alg = _search(space, options, metrics, modes, default_seed=setup.base_args.seed)
     resources = trial_resources(setup, options.get("resources_per_trial"))
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, setup=setup, hp_name=hp_name), resources)
+    concurrency = options.get("max_concurrent_trials") or free_trial_slots(setup, resources)
+    if population_based:
+        # PBT proposes the later configurations itself; a plain generator gives the first ones
+        options = {**options, "search_alg": BasicVariantGenerator(max_concurrent=concurrency)}
+        concurrency = None
+    param_space, search_alg = _search(space, options, metrics, modes, default_seed=setup.base_args.seed)
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, setup=setup, hp_name=hp_name,
+                                                         checkpoints_to_tune=population_based), resources)
     single = len(metrics) == 1
     tune_config = tune.TuneConfig(
         metric=metrics[0] if single else None, mode=modes[0] if single else None, search_alg=search_alg,
-        scheduler=options.get("scheduler"), num_samples=n_trials,
-        max_concurrent_trials=options.get("max_concurrent_trials") or free_trial_slots(setup, resources),
+        scheduler=options.get("scheduler"), num_samples=n_trials, max_concurrent_trials=concurrency,
         time_budget_s=options.get("time_budget_s", options.get("timeout")),
         reuse_actors=options.get("reuse_actors", is_local_mode(setup.scaling_config)),
         trial_dirname_creator=trial_dirname,
@@ -59,6 +77,7 @@ def run_ray_search(setup, space, n_trials: int, hp_name, options: dict):
         name=name, storage_path=storage_path, failure_config=tune.FailureConfig(max_failures=options.get("max_failures", 0)),
         callbacks=callbacks, verbose=0 if quiet else options.get("verbose"), stop=options.get("stop"),
         progress_reporter=options.get("progress_reporter"),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=TUNE_CHECKPOINTS_KEPT if population_based else None),
     )
     path = os.path.join(storage_path, name)
     with quiet_ray(setup.base_args), _tune_console(quiet):
@@ -177,8 +196,9 @@ def free_trial_slots(setup, resources: dict) -> int:
     return max(1, min(slots)) if slots else 1
 
 
-def tune_trial(config: dict, setup=None, hp_name=None) -> None:
-    """The Tune trainable: one trial, run by this trial's process."""
+def tune_trial(config: dict, setup=None, hp_name=None, checkpoints_to_tune: bool = False) -> None:
+    """The Tune trainable: one trial, run by this trial's process. ``checkpoints_to_tune``: every
+    evaluation report carries its step's checkpoint (population-based training)."""
     import ray.tune
     from ray.train import RunConfig
 
@@ -198,9 +218,13 @@ def tune_trial(config: dict, setup=None, hp_name=None) -> None:
     def report_final(step, values, metrics):
         ray.tune.report(tune_metrics(step, values, metrics))
 
-    # resume=True: a retried trial, or one of a restored experiment, goes on from its checkpoints
-    run_trial(setup, trial, run_config=run_config, resume=True, on_final_evaluation=report_final,
-              extra_callbacks=[ReportFlushCallback()])
+    run_dir = setup.run_dir(run_name)
+    flush = CheckpointedReportCallback(run_dir) if checkpoints_to_tune else ReportFlushCallback()
+    # a paused, retried or PBT-cloned trial resumes from the checkpoint Tune hands it; a trial of a
+    # restored experiment (resume=True) from its own latest one
+    with tune_resume_point(run_dir) as resume_from:
+        run_trial(setup, trial, run_config=run_config, resume=True, resume_from=resume_from,
+                  on_final_evaluation=report_final, extra_callbacks=[flush, ExploredHyperparameters(resume_from)])
 
 
 def _objective_forwarder():
