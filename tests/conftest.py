@@ -142,11 +142,12 @@ class TokenModel(nn.Module):
 
 
 def runtime_env_for_tests() -> dict:
-    """What raytrainer gives a local Ray instance it starts, with the tests' folder importable."""
+    """What raytrainer gives a local Ray instance it starts (the tests start theirs without the
+    dashboard), with the tests' folder importable."""
     from raytrainer.runtime.ray_session import local_instance_runtime_env
 
     tests = os.path.dirname(os.path.abspath(__file__))
-    return local_instance_runtime_env([tests, os.path.dirname(tests)])
+    return local_instance_runtime_env([tests, os.path.dirname(tests)], dashboard=False)
 
 
 @pytest.fixture(scope="module")

@@ -92,7 +92,7 @@ def test_parquet_folder_through_ray_data_on_two_workers(tmp_path):
     # the instance the example would start, but never another cluster of this machine
     tests = os.path.dirname(os.path.abspath(__file__))
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env=local_instance_runtime_env([EXAMPLES, tests, os.path.dirname(tests)]))
+             runtime_env=local_instance_runtime_env([EXAMPLES, tests, os.path.dirname(tests)], dashboard=False))
 
     data = tmp_path / "data"
     config = tmp_path / "parquet.yaml"  # the same folders from a config file

@@ -6,14 +6,12 @@ import os
 import warnings
 
 import pytest
-import ray
 import torch
 from conftest import RegressionDataset, RegressionModel
 from ray.train import ScalingConfig
 
 from raytrainer import EarlyStoppingCallback, Trainer, TrainingArguments
 
-TESTS = os.path.dirname(__file__)
 
 
 class Tokenizer:
@@ -22,15 +20,8 @@ class Tokenizer:
     pad_token_id = 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_instance():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([TESTS, os.path.dirname(TESTS)])}})
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
+@pytest.mark.usefixtures("ray_instance")
 def test_a_v4_script_with_v5_fields_on_two_workers(tmp_path):
     scores = iter([0.5, 0.4, 0.45, 0.44, 0.43, 0.42])  # rank 0 computes the metrics, each worker has a copy
     with warnings.catch_warnings():

@@ -17,7 +17,7 @@ from ray.tune.schedulers import PopulationBasedTraining
 from safetensors.torch import load_file
 
 from raytrainer import Trainer, TrainerCallback, TrainingArguments
-from raytrainer.hpo.pbt import EXPLOITS_FILE, ExploredHyperparameters, read_exploits
+from raytrainer.hpo.pbt import ExploredHyperparameters, read_exploits
 
 GOOD_LR, BAD_LR = 0.05, 1e-5
 

@@ -33,7 +33,7 @@ def import_reference(config: ConfigFile, key: str, text: str):
             close = difflib.get_close_matches(part, names, n=1)
             raise config.error(key, f"{module_name} has no attribute {attribute!r}.",
                                f"Did you mean '{module_name}:{close[0]}'?" if close else
-                               f"Define it there, or fix the name after ':'.")
+                               "Define it there, or fix the name after ':'.")
         value = getattr(value, part)
     return value
 

@@ -181,7 +181,6 @@ async def _print_logs(client, job_id: str) -> None:
 
 
 def _wait_until_done(client, job_id: str, poll_s: float, timeout_s: float = None):
-    from ray.job_submission import JobStatus
 
     start = time.time()
     while True:

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import threading
+from typing import Optional
 
 RAY_LOGS_ENV = "RAYTRAINER_RAY_LOGS"
 # Loggers whose INFO lines are Ray's bookkeeping rather than the user's run.
@@ -50,7 +51,7 @@ def ensure_ray() -> None:
         ray_logger.setLevel(level)
 
 
-def local_instance_runtime_env(import_paths) -> dict:
+def local_instance_runtime_env(import_paths, dashboard: Optional[bool] = None) -> dict:
     """The runtime environment of a local Ray instance started by raytrainer (or its tests).
 
     Its workers get the driver's import path, so the modules a script imports its model and
@@ -59,9 +60,13 @@ def local_instance_runtime_env(import_paths) -> dict:
     Ray's lookup falls back to the default dashboard port, where another cluster may answer that
     this run's controller does not exist, and the helper then removes the run's placement group
     (its workers die). Pointing the state API nowhere makes that helper's checks fail harmlessly.
+    ``dashboard``: whether the instance runs one (None: when ``ray[default]`` is installed, as
+    ``ray.init()`` decides by default).
     """
     env_vars = {"PYTHONPATH": os.pathsep.join(import_paths)}
-    if importlib.util.find_spec("aiohttp") is None:  # no dashboard, so no state API of its own
+    if dashboard is None:
+        dashboard = importlib.util.find_spec("aiohttp") is not None
+    if not dashboard:  # no state API of its own
         env_vars["RAY_API_SERVER_ADDRESS"] = _NO_API_SERVER
     return {"env_vars": env_vars, "worker_process_setup_hook": f"{__name__}.prepare_worker_process"}
 
