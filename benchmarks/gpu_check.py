@@ -45,6 +45,8 @@ def main(argv=None):
     device = "cpu" if options.cpu else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("No CUDA device visible: run on a GPU machine, or pass --cpu --tiny to test the script.")
+    if device == "cpu" and _deepspeed_importable():
+        _no_deepspeed_cpu_comm_build()
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 unless a row asks for tf32
     torch.backends.cudnn.allow_tf32 = False
     started = time.time()
@@ -218,6 +220,15 @@ def _deepspeed_importable() -> bool:
     except Exception:  # noqa: BLE001 - an import that fails for any reason means "not here"
         return False
     return True
+
+
+def _no_deepspeed_cpu_comm_build() -> None:
+    """On a CPU DeepSpeed JIT-compiles a shared-memory all-reduce op (about a minute of C++ on small
+    machines, behind a file lock a killed build leaves for every later run to wait on). The script's
+    one-process runs have nothing to all-reduce, so DeepSpeed is told the op is unavailable."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 # ---------------------------------------------------------------------------------------- report

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import warnings
 
 import pytest
 import torch
@@ -156,6 +157,9 @@ def ray_instance():
     import the tests' helper modules. Never an existing cluster: ``address="local"``."""
     import ray
 
+    if ray.is_initialized():  # an earlier test left Ray running: say so, and start clean
+        warnings.warn("a test before this module left Ray initialized; shutting it down")
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env=runtime_env_for_tests())
     yield

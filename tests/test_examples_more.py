@@ -105,14 +105,16 @@ def test_parquet_folder_through_ray_data_on_two_workers(tmp_path):
                                                  "--num_train_epochs", "1", "--eval_strategy", "no",
                                                  "--disable_tqdm", "true"])
         trainer = build_trainer(load_config(str(config)), [], "raytrainer train")
+        # read while Ray runs: counting a stream's rows would start Ray again after the shutdown
+        streams = (trainer.train_dataset, trainer.train_dataset.num_rows, trainer.eval_dataset.num_rows)
     finally:
         ray.shutdown()
     assert len(os.listdir(data / "train")) == 4
     assert result.global_step == 23  # 1437 rows: 718 per worker, 23 batches of 32 (the last one short)
     assert os.path.isdir(tmp_path / "out" / "checkpoint-23")
     assert metrics["eval_accuracy"] > 0.6
-    assert isinstance(trainer.train_dataset, StreamingDataset) and trainer.train_dataset.num_rows == 1437
-    assert trainer.train_dataset.shuffle and trainer.eval_dataset.num_rows == 360
+    assert isinstance(streams[0], StreamingDataset) and streams[0].shuffle and streams[1:] == (1437, 360)
+    assert not ray.is_initialized()
 
 
 def test_notebook_trains_evaluates_sweeps_and_plots_in_a_real_kernel(tmp_path):

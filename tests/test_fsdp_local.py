@@ -75,8 +75,14 @@ def test_fsdp_best_model_and_full_state_dict_checkpoints(make_args, tmp_path):
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_trains_like_plain_and_resumes_exactly(make_args, tmp_path, stage):
+def test_deepspeed_zero_trains_like_plain_and_resumes_exactly(make_args, tmp_path, stage, monkeypatch):
     pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'raytrainer[deepspeed]'")
+    import deepspeed.ops
+
+    # On a CPU DeepSpeed JIT-compiles a shared-memory all-reduce op (C++, ~1 min on 2 cores) behind a
+    # file lock that a killed build leaves behind, and every later run then waits on it forever. A
+    # one-rank group has nothing to all-reduce between processes: tell DeepSpeed the op is unavailable.
+    monkeypatch.setitem(deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm", False)
     torch.manual_seed(0)
     model, reference, resumed = RegressionModel(), RegressionModel(), RegressionModel()
     reference.load_state_dict(model.state_dict())

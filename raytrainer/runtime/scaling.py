@@ -8,6 +8,7 @@ Ray Tune trial) uses Ray Train's local mode in this process.
 """
 
 import os
+import sys
 
 
 def resolve_scaling_config(scaling_config):
@@ -26,6 +27,8 @@ def resolve_scaling_config(scaling_config):
 
 
 def attached_to_cluster() -> bool:
+    if "ray" not in sys.modules:  # a process that never imported Ray joined no cluster
+        return bool(os.environ.get("RAY_ADDRESS"))
     import ray
 
     from .cluster import joined_existing_cluster
