@@ -293,13 +293,14 @@ class FakeJobClient:
 
     async def tail_job_logs(self, job_id):
         yield "epoch 1\n"
-        if self.interrupt:
-            raise KeyboardInterrupt
-        yield "done\n"
+        if not self.interrupt:
+            yield "done\n"
 
     def get_job_status(self, job_id):
         from ray.job_submission import JobStatus
 
+        if self.interrupt and not self.stopped:
+            raise KeyboardInterrupt  # Ctrl-C lands in the main thread, which polls the status
         return JobStatus.STOPPED if self.stopped else self.final
 
     def get_job_info(self, job_id):

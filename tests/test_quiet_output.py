@@ -13,10 +13,16 @@ RAY_LINES = ("Running in local mode", "Reported metrics", "please file a report"
 
 
 def _train(tmp_path, **overrides):
+    """A local run inside Ray Train's local mode (a RunConfig brings it in: a plain local run has no
+    Ray at all, see test_startup.py), where Ray has lines to print."""
+    from ray.train import RunConfig
+
     settings = dict(output_dir=str(tmp_path / "out"), report_to="none", disable_tqdm=True, max_steps=3,
                     logging_steps=1, per_device_train_batch_size=4)
     settings.update(overrides)
-    Trainer(model=RegressionModel(), args=TrainingArguments(**settings), train_dataset=RegressionDataset(16)).train()
+    run_config = RunConfig(name="out", storage_path=str(tmp_path))
+    Trainer(model=RegressionModel(), args=TrainingArguments(**settings), train_dataset=RegressionDataset(16),
+            run_config=run_config).train()
 
 
 def _ray_lines(caplog, capfd) -> list:

@@ -8,7 +8,7 @@ import types
 import pytest
 import ray.train
 from conftest import RegressionDataset, RegressionModel
-from ray.train import ScalingConfig
+from ray.train import RunConfig, ScalingConfig
 
 from raytrainer import Trainer, TrainerCallback
 from raytrainer.checkpoints.sinks import RUN_ID_NAME, LocalSink
@@ -88,25 +88,28 @@ def test_worker_context_resumes_from_rays_checkpoint_only_when_this_run_wrote_it
         assert point is None
 
 
-@pytest.mark.parametrize("trial, scaling, expected", [
-    (None, None, "local"),
-    (types.SimpleNamespace(in_tune_trial=True, run_name="run-7"), None, "tune"),
-    (None, ScalingConfig(num_workers=2), "workers"),
+@pytest.mark.parametrize("trial, scaling, run_config, expected", [
+    (None, None, None, "local"),
+    (None, ScalingConfig(num_workers=0), RunConfig(name="mine"), "ray train local mode"),
+    (types.SimpleNamespace(in_tune_trial=True, run_name="run-7"), None, None, "tune"),
+    (None, ScalingConfig(num_workers=2), None, "workers"),
 ])
-def test_the_driver_picks_the_context(tmp_path, make_args, monkeypatch, trial, scaling, expected):
+def test_the_driver_picks_the_context(tmp_path, make_args, monkeypatch, trial, scaling, run_config, expected):
     picked = []
     monkeypatch.setattr(launch, "run_loop", lambda trainer, context, request: picked.append(context) or "ran")
     monkeypatch.setattr("raytrainer.runtime.workers.run_on_workers",
                         lambda trainer, scaling_config, request: picked.append("workers") or "ran")
+    monkeypatch.setattr("ray.train.torch.TorchTrainer", lambda fn, train_loop_config, **kw: types.SimpleNamespace(
+        fit=lambda: (picked.append("ray train local mode"), train_loop_config["job"].result.update(output="ran"))))
     trainer = Trainer(model=RegressionModel(), args=make_args(), train_dataset=RegressionDataset(8),
-                      scaling_config=scaling)
+                      scaling_config=scaling, run_config=run_config)
     request = TrainRequest(trial=trial)
-    if expected == "local":
-        monkeypatch.setattr(launch, "TorchTrainer", lambda fn, train_loop_config, **kw: types.SimpleNamespace(
-            fit=lambda: (picked.append("local"), train_loop_config["job"].result.update(output="ran"))))
     assert launch.run_training(trainer, request) == "ran"
     if expected == "tune":
         assert isinstance(picked[0], TuneTrialContext)
         assert picked[0].checkpoint_root == os.path.join(trainer.args.output_dir, "run-7")
+    elif expected == "local":  # no streams, no RunConfig: the loop runs right here, without Ray Train
+        assert [type(context) for context in picked] == [ExecutionContext]
+        assert picked[0].checkpoint_root == trainer.args.output_dir
     else:
         assert picked == [expected]

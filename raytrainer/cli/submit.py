@@ -13,6 +13,7 @@ import contextlib
 import os
 import shlex
 import sys
+import threading
 import time
 
 from .build import UsageError
@@ -161,23 +162,41 @@ def _client(address):
         return None, address
 
 
+_LAST_LINES_S = 10.0  # after the job ended, how long its last log lines may take to arrive
+
+
 def follow(client, job_id: str, poll_s: float = 0.5) -> int:
-    """Print the job's logs until it ends; Ctrl-C stops the job. Returns the exit status."""
+    """Print the job's logs until it ends; Ctrl-C stops the job. Returns the exit status.
+
+    The logs are tailed on a thread of their own while this thread polls the job's status: Ctrl-C
+    always lands here, in a plain ``sleep``. (Inside ``asyncio.run`` it becomes a cancellation of
+    the log tail, which the websocket client could swallow, and the command then hung.)"""
+    printer = threading.Thread(target=_print_logs, args=(client, job_id), name="raytrainer-job-logs", daemon=True)
+    printer.start()
     try:
-        asyncio.run(_print_logs(client, job_id))
-        return _exit_status(client, job_id, _wait_until_done(client, job_id, poll_s))
+        status = _wait_until_done(client, job_id, poll_s)
+        printer.join(timeout=_LAST_LINES_S)
+        return _exit_status(client, job_id, status)
     except KeyboardInterrupt:
         print(f"\nraytrainer submit: stopping job {job_id} ...", file=sys.stderr, flush=True)
         client.stop_job(job_id)
         status = _wait_until_done(client, job_id, poll_s, timeout_s=60)
+        printer.join(timeout=_LAST_LINES_S)
         print(f"raytrainer submit: job {job_id} is {status}.", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
-async def _print_logs(client, job_id: str) -> None:
-    async for lines in client.tail_job_logs(job_id):
-        sys.stdout.write(lines)
-        sys.stdout.flush()
+def _print_logs(client, job_id: str) -> None:
+    async def tail():
+        async for lines in client.tail_job_logs(job_id):
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+
+    try:
+        asyncio.run(tail())
+    except Exception as error:  # noqa: BLE001 - the job's status still decides the exit code
+        print(f"raytrainer submit: the job's logs stopped arriving ({error}); waiting for the job to end.",
+              file=sys.stderr, flush=True)
 
 
 def _wait_until_done(client, job_id: str, poll_s: float, timeout_s: float = None):

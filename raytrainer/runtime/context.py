@@ -1,11 +1,13 @@
 """Where the training loop runs: the one seam between the loop and the runtime.
 
 The loop receives an ``ExecutionContext`` and never asks where it runs. The driver
-(``runtime.launch``) picks one of three implementations:
+(``runtime.launch``) picks one:
 
-- ``LocalContext``: Ray Train local mode (``ScalingConfig(num_workers=0)``), in the caller's process
-  on the very objects the user passed; checkpoints are renamed into place (Ray does not persist
-  them in local mode); the final metrics become Ray's ``Result.metrics``.
+- ``ExecutionContext`` itself: a local run (``ScalingConfig(num_workers=0)``) in the caller's
+  process, on the very objects the user passed, without Ray; checkpoints are renamed into place.
+- ``LocalContext``: the same inside Ray Train's local mode, for local runs that stream Ray Data
+  (their shards come through Ray Train) or have a user's ``RunConfig``; the final metrics become
+  Ray's ``Result.metrics``.
 - ``TuneTrialContext``: a Ray Tune trial's own process (``hyperparameter_search(backend="ray")``
   without workers); the trial's reporter talks to Tune, the run only trains and checkpoints.
 - ``WorkerContext``: one of N Ray Train workers; checkpoints go through ``ray.train.report`` into

@@ -12,7 +12,6 @@ import os
 import threading
 
 from ...runtime.scaling import is_local_mode
-from ..relay import RelayServer
 from ..results import TrialRecord
 from ..runner import clear_stale_run_dir, read_record, run_trial
 from ..trial import OptunaReporter, RelayReporter, SearchTrial
@@ -75,6 +74,8 @@ class _Objective:
 
 def _run_on_workers(setup, trial, optuna_trial):
     from ray.train import RunConfig
+
+    from ..relay import RelayServer  # a Ray actor class: defining it imports Ray
 
     server = RelayServer(optuna_trial, trial)
     trial.reporter = RelayReporter(server.relay)

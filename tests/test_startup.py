@@ -1,0 +1,76 @@
+"""Start-up of a local run: ``import raytrainer`` and a plain local ``train()`` import nothing of
+Ray (Ray Train's local mode only wraps runs that use it: streams, a user's RunConfig), and the
+start-up benchmark measures what it claims."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import startup  # noqa: E402
+
+LOCAL_RUN = """
+import json, os, sys, tempfile
+import torch
+import raytrainer
+after_import = sorted(m for m in sys.modules if m == "ray" or m.startswith("ray."))
+
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, labels=None):
+        return {"loss": ((self.a * x - labels) ** 2).mean(), "logits": self.a * x}
+
+class Rows(torch.utils.data.Dataset):
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        return {"x": torch.tensor(1.0), "labels": torch.tensor(2.0)}
+
+folder = tempfile.mkdtemp()
+args = raytrainer.TrainingArguments(output_dir=folder, max_steps=4, save_steps=2, learning_rate=0.1,
+                                    per_device_train_batch_size=4, optim="sgd", lr_scheduler_type="constant",
+                                    report_to="none", disable_tqdm=True, use_cpu=True)
+trainer = raytrainer.Trainer(model=Model(), args=args, train_dataset=Rows(), eval_dataset=Rows())
+trainer.train()
+metrics = trainer.evaluate()
+print(json.dumps({"after_import": after_import,
+                  "after_train": sorted(m for m in sys.modules if m == "ray" or m.startswith("ray.")),
+                  "a": trainer.model.a.item(), "eval_loss": metrics["eval_loss"],
+                  "folders": sorted(os.listdir(folder)), "step": trainer.state.global_step}))
+"""
+
+
+def test_import_and_a_plain_local_run_never_import_ray(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", LOCAL_RUN], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["after_import"] == [] and result["after_train"] == []
+    # d/da (a - 2)^2 = 2 (a - 2), clipped to norm 1 (max_grad_norm's default): four steps of lr from 0
+    assert result["a"] == pytest.approx(4 * 0.1, rel=1e-6)
+    assert result["eval_loss"] == pytest.approx((2 - result["a"]) ** 2, rel=1e-5)
+    assert result["folders"] == ["checkpoint-2", "checkpoint-4"] and result["step"] == 4
+
+
+def test_fixed_cost_is_what_the_steps_do_not_explain():
+    # 1 s of set-up and 20 ms a step: 10 steps take 1.2 s, 210 steps 5.2 s
+    assert startup.fixed_cost(1.2, 5.2) == pytest.approx(1.0)
+    results = {"raytrainer": {"construct": [0.3, 0.5], "fixed": [0.1, 0.1]}, "bare": {"fixed": [0.2, 0.6]}}
+    assert startup.over_bare(results, "raytrainer") == pytest.approx(0.4 + 0.1 - 0.4)
+
+
+@pytest.mark.parametrize("library", ["raytrainer", "bare"])
+def test_a_benchmark_child_trains_and_times_each_phase(library):
+    figures = startup.child(library, 3)
+    assert set(figures) == {"import", "construct", "train"}
+    assert figures["train"] > 0 and all(value >= 0 for value in figures.values())
