@@ -19,10 +19,11 @@ from ..trial import OptunaReporter, RelayReporter, SearchTrial
 STUDY_OPTIONS = ("storage", "sampler", "pruner", "study_name", "load_if_exists")
 OPTIMIZE_OPTIONS = ("timeout", "n_jobs", "gc_after_trial", "catch", "callbacks", "show_progress_bar")
 OPTIONS = STUDY_OPTIONS + OPTIMIZE_OPTIONS
-# In-process trials run one at a time even with n_jobs > 1: trials sharing this process's threads
-# were measured to corrupt each other's results (process-global torch/Ray Train state), so n_jobs
-# only overlaps multi-worker trials, each its own Ray Train run. Use backend="ray" for concurrent
-# in-process trials (one process per trial).
+# In-process trials run one at a time even with n_jobs > 1: every trial seeds torch's default
+# generator and draws from it (initial weights, dropout), and that generator is one per process, so
+# trials in two threads would interleave their draws and give other objectives than alone
+# (tests/test_hpo_concurrency.py). n_jobs only overlaps multi-worker trials, each its own Ray Train
+# run. Use backend="ray" for concurrent in-process trials (one process per trial).
 _IN_PROCESS_TRIAL = threading.Lock()
 
 
