@@ -36,13 +36,13 @@ from .loop.run_state import RunState, TrainRequest
 from .loop.training import fetch_batches
 from .memory_metrics import MemoryTracker
 from .model_settings import apply_model_settings, build_label_smoother
-from .modeling import estimate_training_flos, inspect_model, unwrap_model
+from .modeling import build_model_with, estimate_training_flos, inspect_model, unwrap_model
 from .nested import move_to_device
 from .optimizer_methods import OptimizerMethods
 from .outputs import speed_metrics
 from .overrides import accepts_argument
 from .probe import probe_model
-from .seeding import enable_full_determinism, set_seed
+from .seeding import seed_from_args
 from .state import TrainerControl, TrainerState
 from .validation import check_output_locations, rebuilt_on_worker, validate_trainer_inputs
 
@@ -88,12 +88,42 @@ class Trainer(V4TrainerNames, HubMethods, DataLoaderMethods, OptimizerMethods, E
         run_config=None,
         tokenizer=None,
     ):
-        if args is None:
-            args = TrainingArguments(output_dir="tmp_trainer")
-        self.args = args
-        self._memory_tracker = MemoryTracker(args.skip_memory_metrics)
+        args = self._init_arguments(args)
+        self._init_bookkeeping(model_init)
+        seed_from_args(args)
+        if model is None and model_init is not None:
+            model = self.call_model_init()
+        # called here, not in a helper, so that v4's tokenizer= warning points at the user's line
+        processing_class = processing_class_from(processing_class, tokenizer)
+        self._init_model_and_data(model, train_dataset, eval_dataset, processing_class, data_collator)
+        self._init_loss_metrics_and_optimizers(compute_loss_func, compute_metrics, preprocess_logits_for_metrics,
+                                               optimizers, optimizer_cls_and_kwargs)
+        self.scaling_config = scaling_config
+        self.run_config = run_config
+        checked_on_driver = rebuilt_on_worker()
+        if not checked_on_driver:
+            validate_trainer_inputs(self, optimizers=optimizers, callbacks=callbacks)
+        self._init_model_facts(model)
+        self._init_run_slots()
+        self._init_state_and_callbacks(callbacks)
+        if args.push_to_hub:
+            self.init_hf_repo()  # an unreachable Hub or a refused token fails here, before training
+        if not checked_on_driver:
+            self._probe_loss_kwargs_use()
+        apply_model_settings(model, args)
+        self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
+        self._memory_tracker.stop_and_update_metrics("init")
+
+    # ------------------------------------------------------------------ the constructor's steps, in order
+    def _init_arguments(self, args: Optional[TrainingArguments]) -> TrainingArguments:
+        """Default arguments, the memory count of the "init" stage, the log level."""
+        self.args = args if args is not None else TrainingArguments(output_dir="tmp_trainer")
+        self._memory_tracker = MemoryTracker(self.args.skip_memory_metrics)
         self._memory_tracker.start("init")
-        apply_log_level(args)  # "passive" keeps the level the user set
+        apply_log_level(self.args)  # "passive" keeps the level the user set
+        return self.args
+
+    def _init_bookkeeping(self, model_init: Optional[Callable]) -> None:
         self.model_init = model_init
         self.hp_name = None
         # after a sharded train() on Ray workers: the folder of the consolidated trained weights (the
@@ -101,30 +131,27 @@ class Trainer(V4TrainerNames, HubMethods, DataLoaderMethods, OptimizerMethods, E
         self.final_model_dir = None
         self.hp_search_backend = None
         self.is_in_train = False
-        if args.full_determinism:
-            enable_full_determinism(args.seed)
-        else:
-            set_seed(args.seed)
-        if model is None and model_init is not None:
-            model = self.call_model_init()
+
+    def _init_model_and_data(self, model, train_dataset, eval_dataset, processing_class, data_collator) -> None:
         self.model = model
         self.model_wrapped = model
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
-        self.processing_class = processing_class = processing_class_from(processing_class, tokenizer)
+        self.processing_class = processing_class
         self.data_collator = data_collator if data_collator is not None else default_collator_for(processing_class)
+
+    def _init_loss_metrics_and_optimizers(self, compute_loss_func, compute_metrics, preprocess_logits_for_metrics,
+                                          optimizers: tuple, optimizer_cls_and_kwargs) -> None:
         self.compute_loss_func = compute_loss_func
         self.compute_metrics = compute_metrics
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.optimizer, self.lr_scheduler = optimizers
-        self._given_optimizers = optimizers
+        self._given_optimizers = optimizers  # what a retry with a smaller batch size starts from again
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
-        self.scaling_config = scaling_config
-        self.run_config = run_config
-        checked_on_driver = rebuilt_on_worker()
-        if not checked_on_driver:
-            validate_trainer_inputs(self, optimizers=optimizers, callbacks=callbacks)
 
+    def _init_model_facts(self, model) -> None:
+        """What the loop needs to know about the model, read once from its forward signature."""
+        args = self.args
         self._signature = inspect_model(model)
         self.model_accepts_loss_kwargs = self._signature.accepts_loss_kwargs
         self.can_return_loss = self._signature.can_return_loss
@@ -133,45 +160,36 @@ class Trainer(V4TrainerNames, HubMethods, DataLoaderMethods, OptimizerMethods, E
         self.is_model_parallel = False
         self.place_model_on_device = args.place_model_on_device
         self.neftune_noise_alpha = args.neftune_noise_alpha
+
+    def _init_run_slots(self) -> None:
         self._run = None  # the RunState of the training or evaluation under way (see _running)
         self._model_strategy = None  # the parallel strategy that sharded self.model, if one did
-        self._train_batch_size = args.train_batch_size  # reduced by auto_find_batch_size on OOM
-        self.current_gradient_accumulation_steps = args.gradient_accumulation_steps
+        self._train_batch_size = self.args.train_batch_size  # reduced by auto_find_batch_size on OOM
+        self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
 
+    def _init_state_and_callbacks(self, callbacks: Optional[list]) -> None:
         self.state = TrainerState(
             is_local_process_zero=self.is_local_process_zero(),
             is_world_process_zero=self.is_world_process_zero(),
         )
         self.control = TrainerControl()
         # report_to's integrations come before the user's callbacks, as in HF (a missing library fails here)
-        self.callback_handler = default_callback_handler(args, added_callbacks(self, callbacks) + list(callbacks or []),
-                                                         self.model, processing_class, self.optimizer,
-                                                         self.lr_scheduler)
-        if args.push_to_hub:
-            self.init_hf_repo()  # an unreachable Hub or a refused token fails here, before training
-        if not checked_on_driver:
-            uses_num_items = probe_model(self, overrides_compute_loss=type(self).compute_loss is not Trainer.compute_loss)
-            if uses_num_items is not None:
-                self.model_accepts_loss_kwargs = uses_num_items
-        apply_model_settings(model, args)
-        self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
-        self._memory_tracker.stop_and_update_metrics("init")
+        self.callback_handler = default_callback_handler(
+            self.args, added_callbacks(self, callbacks) + list(callbacks or []),
+            self.model, self.processing_class, self.optimizer, self.lr_scheduler,
+        )
+
+    def _probe_loss_kwargs_use(self) -> None:
+        """Whether the loss uses ``num_items_in_batch`` is measured on one example, not guessed
+        from the signature (``probe.py``); a subclass's own ``compute_loss`` is probed as it is."""
+        uses_num_items = probe_model(self, overrides_compute_loss=type(self).compute_loss is not Trainer.compute_loss)
+        if uses_num_items is not None:
+            self.model_accepts_loss_kwargs = uses_num_items
 
     # ------------------------------------------------------------------ model_init and train
     def call_model_init(self, trial=None) -> nn.Module:
         """Build a fresh model with ``model_init``, passing the trial when it takes one argument."""
-        import inspect
-
-        params = list(inspect.signature(self.model_init).parameters.values())
-        required = [p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        if len(required) > 1:
-            raise ValueError("model_init must take no argument or a single argument (the trial).")
-        # a single parameter is the trial; a class with several defaulted parameters gets none
-        takes_trial = len(required) == 1 or (len(params) == 1 and params[0].kind != params[0].VAR_KEYWORD)
-        model = self.model_init(trial) if takes_trial else self.model_init()
-        if model is None:
-            raise ValueError("model_init returned None; it must return an nn.Module.")
-        return model
+        return build_model_with(self.model_init, trial)
 
     def train(self, resume_from_checkpoint: Union[str, bool, None] = None, trial=None,
               ignore_keys_for_eval: Optional[list] = None, **kwargs):
@@ -188,11 +206,10 @@ class Trainer(V4TrainerNames, HubMethods, DataLoaderMethods, OptimizerMethods, E
         if resume_from_checkpoint is not None:
             resume_from_checkpoint = _checkpoint.resolve_resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
         if self.model_init is not None:
-            if self.args.full_determinism:
-                enable_full_determinism(self.args.seed)
-            else:
-                set_seed(self.args.seed)
-            self.model = self.model_wrapped = self.call_model_init(_user_trial(trial))
+            from .hpo.trial import model_init_trial
+
+            seed_from_args(self.args)
+            self.model = self.model_wrapped = self.call_model_init(model_init_trial(trial))
         check_output_locations(self.args)
         self.final_model_dir = None  # an earlier sharded run's weights are not this run's
         return run_training(self, TrainRequest(resume_from_checkpoint, trial, ignore_keys_for_eval))
@@ -431,9 +448,3 @@ class Trainer(V4TrainerNames, HubMethods, DataLoaderMethods, OptimizerMethods, E
     def remove_callback(self, callback: Union[type, TrainerCallback]) -> None:
         self.callback_handler.remove_callback(callback)
 
-
-def _user_trial(trial):
-    """What ``model_init`` receives: the Optuna trial or Tune config behind a search's trial."""
-    from .hpo.trial import SearchTrial
-
-    return trial.user_trial if isinstance(trial, SearchTrial) else trial
