@@ -70,6 +70,20 @@ def _shifts_labels(model) -> bool:
     return causal and not getattr(getattr(model, "config", None), "is_encoder_decoder", False)
 
 
+def build_model_with(model_init, trial=None) -> nn.Module:
+    """A fresh model from ``model_init``, which takes no argument or one: the trial."""
+    params = list(inspect.signature(model_init).parameters.values())
+    required = [p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(required) > 1:
+        raise ValueError("model_init must take no argument or a single argument (the trial).")
+    # a single parameter is the trial; a class with several defaulted parameters gets none
+    takes_trial = len(required) == 1 or (len(params) == 1 and params[0].kind != params[0].VAR_KEYWORD)
+    model = model_init(trial) if takes_trial else model_init()
+    if model is None:
+        raise ValueError("model_init returned None; it must return an nn.Module.")
+    return model
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 

@@ -29,3 +29,12 @@ def enable_full_determinism(seed: int) -> None:
     set_seed(seed, deterministic=True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+
+
+def seed_from_args(args) -> None:
+    """Seed before a model is built (its initial weights come from the seed): with full
+    determinism when ``args.full_determinism``, else a plain ``set_seed(args.seed)``."""
+    if args.full_determinism:
+        enable_full_determinism(args.seed)
+    else:
+        set_seed(args.seed)

@@ -3,6 +3,11 @@
 The loop itself lives in ``raytrainer.loop``; where it runs (in this process, or on Ray workers) is
 decided by ``raytrainer.runtime``. Every method here that a user may override keeps HF's signature,
 and the loop calls it through the Trainer, so a subclass's version is the one that runs.
+
+Groups of methods that read best together live beside the code they drive and are mixed in:
+the dataloaders (``data/loader_methods.py``), the optimizer and scheduler (``optimizer_methods.py``),
+evaluation and prediction (``evaluation_methods.py``), the Hub (``hub/methods.py``) and v4's names
+(``compat/trainer_v4.py``). They are Trainer methods all the same: a subclass overrides them as usual.
 """
 
 import contextlib
@@ -16,39 +21,35 @@ import torch.nn as nn
 
 from . import checkpoints as _checkpoint
 from . import metrics_io
-from . import optim as _optim
-from . import schedules
 from .args import TrainingArguments
 from .callbacks import TrainerCallback, default_callback_handler
 from .compat.trainer_v4 import V4TrainerNames, processing_class_from, resume_from_v4_train_kwargs
-from .data import stream_shards, streaming
 from .data.collators import default_collator_for
-from .data.columns import RemoveColumnsCollator, remove_unused_hf_columns, signature_columns
-from .data.loaders import build_eval_dataloader, build_train_dataloader
+from .data.loader_methods import DataLoaderMethods
+from .evaluation_methods import EvaluationMethods
 from .hub import HubMethods
 from .integrations import added_callbacks
 from .logging_setup import apply_log_level
 from .loop.collectives import sum_over_ranks
-from .loop.evaluation import run_evaluation_loop, run_prediction_step
 from .loop.losses import loss_from_outputs
 from .loop.run_state import RunState, TrainRequest
 from .loop.training import fetch_batches
 from .memory_metrics import MemoryTracker
 from .model_settings import apply_model_settings, build_label_smoother
-from .modeling import count_parameters, estimate_training_flos, inspect_model, unwrap_model
+from .modeling import build_model_with, estimate_training_flos, inspect_model, unwrap_model
 from .nested import move_to_device
-from .outputs import PredictionOutput, speed_metrics
+from .optimizer_methods import OptimizerMethods
+from .outputs import speed_metrics
 from .overrides import accepts_argument
 from .probe import probe_model
-from .runtime.ray_session import quiet_ray
-from .seeding import enable_full_determinism, set_seed
+from .seeding import seed_from_args
 from .state import TrainerControl, TrainerState
 from .validation import check_output_locations, rebuilt_on_worker, validate_trainer_inputs
 
 logger = logging.getLogger("raytrainer")
 
 
-class Trainer(V4TrainerNames, HubMethods):
+class Trainer(V4TrainerNames, HubMethods, DataLoaderMethods, OptimizerMethods, EvaluationMethods):
     """A training and evaluation loop for PyTorch models with the HF ``Trainer`` API, run by Ray Train.
 
     Arguments are those of ``transformers.Trainer`` plus Ray's own configuration objects:
@@ -87,12 +88,42 @@ class Trainer(V4TrainerNames, HubMethods):
         run_config=None,
         tokenizer=None,
     ):
-        if args is None:
-            args = TrainingArguments(output_dir="tmp_trainer")
-        self.args = args
-        self._memory_tracker = MemoryTracker(args.skip_memory_metrics)
+        args = self._init_arguments(args)
+        self._init_bookkeeping(model_init)
+        seed_from_args(args)
+        if model is None and model_init is not None:
+            model = self.call_model_init()
+        # called here, not in a helper, so that v4's tokenizer= warning points at the user's line
+        processing_class = processing_class_from(processing_class, tokenizer)
+        self._init_model_and_data(model, train_dataset, eval_dataset, processing_class, data_collator)
+        self._init_loss_metrics_and_optimizers(compute_loss_func, compute_metrics, preprocess_logits_for_metrics,
+                                               optimizers, optimizer_cls_and_kwargs)
+        self.scaling_config = scaling_config
+        self.run_config = run_config
+        checked_on_driver = rebuilt_on_worker()
+        if not checked_on_driver:
+            validate_trainer_inputs(self, optimizers=optimizers, callbacks=callbacks)
+        self._init_model_facts(model)
+        self._init_run_slots()
+        self._init_state_and_callbacks(callbacks)
+        if args.push_to_hub:
+            self.init_hf_repo()  # an unreachable Hub or a refused token fails here, before training
+        if not checked_on_driver:
+            self._probe_loss_kwargs_use()
+        apply_model_settings(model, args)
+        self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
+        self._memory_tracker.stop_and_update_metrics("init")
+
+    # ------------------------------------------------------------------ the constructor's steps, in order
+    def _init_arguments(self, args: Optional[TrainingArguments]) -> TrainingArguments:
+        """Default arguments, the memory count of the "init" stage, the log level."""
+        self.args = args if args is not None else TrainingArguments(output_dir="tmp_trainer")
+        self._memory_tracker = MemoryTracker(self.args.skip_memory_metrics)
         self._memory_tracker.start("init")
-        apply_log_level(args)  # "passive" keeps the level the user set
+        apply_log_level(self.args)  # "passive" keeps the level the user set
+        return self.args
+
+    def _init_bookkeeping(self, model_init: Optional[Callable]) -> None:
         self.model_init = model_init
         self.hp_name = None
         # after a sharded train() on Ray workers: the folder of the consolidated trained weights (the
@@ -100,30 +131,27 @@ class Trainer(V4TrainerNames, HubMethods):
         self.final_model_dir = None
         self.hp_search_backend = None
         self.is_in_train = False
-        if args.full_determinism:
-            enable_full_determinism(args.seed)
-        else:
-            set_seed(args.seed)
-        if model is None and model_init is not None:
-            model = self.call_model_init()
+
+    def _init_model_and_data(self, model, train_dataset, eval_dataset, processing_class, data_collator) -> None:
         self.model = model
         self.model_wrapped = model
         self.train_dataset = train_dataset
         self.eval_dataset = eval_dataset
-        self.processing_class = processing_class = processing_class_from(processing_class, tokenizer)
+        self.processing_class = processing_class
         self.data_collator = data_collator if data_collator is not None else default_collator_for(processing_class)
+
+    def _init_loss_metrics_and_optimizers(self, compute_loss_func, compute_metrics, preprocess_logits_for_metrics,
+                                          optimizers: tuple, optimizer_cls_and_kwargs) -> None:
         self.compute_loss_func = compute_loss_func
         self.compute_metrics = compute_metrics
         self.preprocess_logits_for_metrics = preprocess_logits_for_metrics
         self.optimizer, self.lr_scheduler = optimizers
-        self._given_optimizers = optimizers
+        self._given_optimizers = optimizers  # what a retry with a smaller batch size starts from again
         self.optimizer_cls_and_kwargs = optimizer_cls_and_kwargs
-        self.scaling_config = scaling_config
-        self.run_config = run_config
-        checked_on_driver = rebuilt_on_worker()
-        if not checked_on_driver:
-            validate_trainer_inputs(self, optimizers=optimizers, callbacks=callbacks)
 
+    def _init_model_facts(self, model) -> None:
+        """What the loop needs to know about the model, read once from its forward signature."""
+        args = self.args
         self._signature = inspect_model(model)
         self.model_accepts_loss_kwargs = self._signature.accepts_loss_kwargs
         self.can_return_loss = self._signature.can_return_loss
@@ -132,45 +160,36 @@ class Trainer(V4TrainerNames, HubMethods):
         self.is_model_parallel = False
         self.place_model_on_device = args.place_model_on_device
         self.neftune_noise_alpha = args.neftune_noise_alpha
+
+    def _init_run_slots(self) -> None:
         self._run = None  # the RunState of the training or evaluation under way (see _running)
         self._model_strategy = None  # the parallel strategy that sharded self.model, if one did
-        self._train_batch_size = args.train_batch_size  # reduced by auto_find_batch_size on OOM
-        self.current_gradient_accumulation_steps = args.gradient_accumulation_steps
+        self._train_batch_size = self.args.train_batch_size  # reduced by auto_find_batch_size on OOM
+        self.current_gradient_accumulation_steps = self.args.gradient_accumulation_steps
 
+    def _init_state_and_callbacks(self, callbacks: Optional[list]) -> None:
         self.state = TrainerState(
             is_local_process_zero=self.is_local_process_zero(),
             is_world_process_zero=self.is_world_process_zero(),
         )
         self.control = TrainerControl()
         # report_to's integrations come before the user's callbacks, as in HF (a missing library fails here)
-        self.callback_handler = default_callback_handler(args, added_callbacks(self, callbacks) + list(callbacks or []),
-                                                         self.model, processing_class, self.optimizer,
-                                                         self.lr_scheduler)
-        if args.push_to_hub:
-            self.init_hf_repo()  # an unreachable Hub or a refused token fails here, before training
-        if not checked_on_driver:
-            uses_num_items = probe_model(self, overrides_compute_loss=type(self).compute_loss is not Trainer.compute_loss)
-            if uses_num_items is not None:
-                self.model_accepts_loss_kwargs = uses_num_items
-        apply_model_settings(model, args)
-        self.control = self.callback_handler.on_init_end(self.args, self.state, self.control)
-        self._memory_tracker.stop_and_update_metrics("init")
+        self.callback_handler = default_callback_handler(
+            self.args, added_callbacks(self, callbacks) + list(callbacks or []),
+            self.model, self.processing_class, self.optimizer, self.lr_scheduler,
+        )
+
+    def _probe_loss_kwargs_use(self) -> None:
+        """Whether the loss uses ``num_items_in_batch`` is measured on one example, not guessed
+        from the signature (``probe.py``); a subclass's own ``compute_loss`` is probed as it is."""
+        uses_num_items = probe_model(self, overrides_compute_loss=type(self).compute_loss is not Trainer.compute_loss)
+        if uses_num_items is not None:
+            self.model_accepts_loss_kwargs = uses_num_items
 
     # ------------------------------------------------------------------ model_init and train
     def call_model_init(self, trial=None) -> nn.Module:
         """Build a fresh model with ``model_init``, passing the trial when it takes one argument."""
-        import inspect
-
-        params = list(inspect.signature(self.model_init).parameters.values())
-        required = [p for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        if len(required) > 1:
-            raise ValueError("model_init must take no argument or a single argument (the trial).")
-        # a single parameter is the trial; a class with several defaulted parameters gets none
-        takes_trial = len(required) == 1 or (len(params) == 1 and params[0].kind != params[0].VAR_KEYWORD)
-        model = self.model_init(trial) if takes_trial else self.model_init()
-        if model is None:
-            raise ValueError("model_init returned None; it must return an nn.Module.")
-        return model
+        return build_model_with(self.model_init, trial)
 
     def train(self, resume_from_checkpoint: Union[str, bool, None] = None, trial=None,
               ignore_keys_for_eval: Optional[list] = None, **kwargs):
@@ -187,11 +206,10 @@ class Trainer(V4TrainerNames, HubMethods):
         if resume_from_checkpoint is not None:
             resume_from_checkpoint = _checkpoint.resolve_resume_checkpoint(self.args.output_dir, resume_from_checkpoint)
         if self.model_init is not None:
-            if self.args.full_determinism:
-                enable_full_determinism(self.args.seed)
-            else:
-                set_seed(self.args.seed)
-            self.model = self.model_wrapped = self.call_model_init(_user_trial(trial))
+            from .hpo.trial import model_init_trial
+
+            seed_from_args(self.args)
+            self.model = self.model_wrapped = self.call_model_init(model_init_trial(trial))
         check_output_locations(self.args)
         self.final_model_dir = None  # an earlier sharded run's weights are not this run's
         return run_training(self, TrainRequest(resume_from_checkpoint, trial, ignore_keys_for_eval))
@@ -214,15 +232,6 @@ class Trainer(V4TrainerNames, HubMethods):
         if self.is_in_train and self._run is not None:
             return self._run
         return RunState.for_evaluation(self.args, self._train_batch_size, self._model_strategy)
-
-    def _dataset_shard(self, name: str):
-        """The current run's Ray Train dataset shard called ``name``, or None."""
-        context = self._run.context if self._run is not None else None
-        return context.dataset_shard(name) if context is not None else None
-
-    def _reset_given_optimizers(self) -> None:
-        """Back to the optimizer and scheduler passed to the constructor (None: build new ones)."""
-        self.optimizer, self.lr_scheduler = self._given_optimizers
 
     @property
     def scaler(self):
@@ -272,141 +281,6 @@ class Trainer(V4TrainerNames, HubMethods):
 
         if isinstance(trial, SearchTrial):
             trial.report(self, step, metrics)
-
-    # ------------------------------------------------------------------ data
-    def _remove_unused_columns(self, dataset, description: str):
-        if not self.args.remove_unused_columns:
-            return dataset
-        columns = signature_columns(self.model, self.label_names)
-        if columns is None:
-            return dataset
-        return remove_unused_hf_columns(dataset, columns, description)
-
-    def _collator_for(self, dataset, description: str):
-        collator = self.data_collator
-        if self.args.remove_unused_columns and not hasattr(dataset, "column_names"):
-            columns = signature_columns(self.model, self.label_names)
-            if columns is not None and not _first_example_fits(dataset, columns):
-                collator = RemoveColumnsCollator(collator, columns, description=description)
-        return collator
-
-    def _loader_options(self) -> dict:
-        return dict(
-            num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory and self.args.device.type == "cuda",
-            persistent_workers=self.args.dataloader_persistent_workers,
-            prefetch_factor=self.args.dataloader_prefetch_factor,
-            multiprocessing_context=self.args.dataloader_multiprocessing_context,
-            in_order=self.args.dataloader_in_order,
-        )
-
-    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
-        """The training dataloader: a seeded per-epoch shuffle, sharded across Ray workers."""
-        if self.train_dataset is None:
-            raise ValueError("Trainer: training requires a train_dataset.")
-        if streaming.is_stream(self.train_dataset):  # Ray Data: this rank's shard (data/stream_shards.py)
-            return stream_shards.train_batches(self, self.train_dataset, self._train_batch_size, self._dataset_shard)
-        lengths = None
-        original = self.train_dataset
-        if (self.args.group_by_length and hasattr(original, "column_names")
-                and self.args.length_column_name in original.column_names):
-            lengths = list(original[self.args.length_column_name])  # read before unused columns go
-        dataset = self._remove_unused_columns(original, "training")
-        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return build_train_dataloader(
-            dataset, self._collator_for(dataset, "training"), self._train_batch_size,
-            seed=seed, world_size=self.args.world_size, rank=self.args.process_index,
-            drop_last=self.args.dataloader_drop_last, group_by_length=self.args.group_by_length,
-            lengths=lengths, shuffle=self.args.train_sampling_strategy != "sequential", **self._loader_options(),
-        )
-
-    def _eval_loader(self, dataset, description: str):
-        if streaming.is_stream(dataset):
-            return stream_shards.eval_batches(self, dataset, description, self._dataset_shard)
-        dataset = self._remove_unused_columns(dataset, description)
-        return build_eval_dataloader(
-            dataset, self._collator_for(dataset, description), self.args.eval_batch_size,
-            world_size=self.args.world_size, rank=self.args.process_index, **self._loader_options(),
-        )
-
-    def get_eval_dataloader(self, eval_dataset=None) -> torch.utils.data.DataLoader:
-        """The evaluation dataloader: sequential, every example exactly once across workers."""
-        if eval_dataset is None and self.eval_dataset is None:
-            raise ValueError("Trainer: evaluation requires an eval_dataset.")
-        if isinstance(eval_dataset, str):
-            eval_dataset = self.eval_dataset[eval_dataset]
-        return self._eval_loader(eval_dataset if eval_dataset is not None else self.eval_dataset, "evaluation")
-
-    def get_test_dataloader(self, test_dataset) -> torch.utils.data.DataLoader:
-        return self._eval_loader(test_dataset, "test")
-
-    def num_examples(self, dataloader) -> int:
-        """Examples in a dataloader's dataset, or batches x batch size when it has no length."""
-        try:
-            return len(dataloader.dataset)
-        except (NameError, AttributeError, TypeError):
-            return len(dataloader) * self._train_batch_size
-
-    def get_total_train_batch_size(self, args) -> int:
-        return self._train_batch_size * args.gradient_accumulation_steps * args.world_size
-
-    # ------------------------------------------------------------------ optimizer and scheduler
-    def create_optimizer(self):
-        if self.optimizer is None:
-            self.optimizer = _optim.create_optimizer(
-                self.model, self.args,
-                optimizer_cls_and_kwargs=self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, self.model),
-                decay_parameter_names=self.get_decay_parameter_names(self.model),
-            )
-        return self.optimizer
-
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        if self.lr_scheduler is None:
-            self.lr_scheduler = schedules.get_scheduler(
-                self.args.lr_scheduler_type,
-                optimizer=optimizer if optimizer is not None else self.optimizer,
-                num_warmup_steps=self.args.get_warmup_steps(num_training_steps),
-                num_training_steps=num_training_steps,
-                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
-            )
-        return self.lr_scheduler
-
-    def create_optimizer_and_scheduler(self, num_training_steps: int):
-        self.create_optimizer()
-        self.create_scheduler(num_training_steps=num_training_steps, optimizer=self.optimizer)
-
-    def get_decay_parameter_names(self, model) -> list:
-        return _optim.get_decay_parameter_names(model)
-
-    @staticmethod
-    def get_optimizer_cls_and_kwargs(args, model=None):
-        return _optim.get_optimizer_cls_and_kwargs(args, model)
-
-    def get_learning_rates(self) -> list:
-        if self.lr_scheduler is None:
-            raise ValueError("Trainer: the scheduler is not created yet; call create_optimizer_and_scheduler first.")
-        return [group["lr"] for group in self.optimizer.param_groups]
-
-    def get_optimizer_group(self, param=None):
-        if self.optimizer is None:
-            raise ValueError("Trainer: the optimizer is not created yet; call create_optimizer first.")
-        if param is None:
-            return [group["params"] for group in self.optimizer.param_groups]
-        for group in self.optimizer.param_groups:
-            if any(p is param for p in group["params"]):
-                return group
-        return None
-
-    def get_num_trainable_parameters(self) -> int:
-        return count_parameters(self.model, trainable_only=True)
-
-    def _get_learning_rate(self) -> float:
-        """The current learning rate: the scheduler's last one, or the optimizer's for a scheduler
-        stepped on a metric; before the scheduler exists, the optimizer's (or ``args``') rate."""
-        if self.lr_scheduler is None or schedules.steps_on_metric(self.lr_scheduler):
-            return self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else self.args.learning_rate
-        rate = self.lr_scheduler.get_last_lr()[0]
-        return rate.item() if torch.is_tensor(rate) else rate
 
     # ------------------------------------------------------------------ the step maths
     def _prepare_inputs(self, inputs):
@@ -518,82 +392,6 @@ class Trainer(V4TrainerNames, HubMethods):
             flos = sum_over_ranks(torch.tensor(flos, dtype=torch.float64, device=run.device)).item()
         self.state.total_flos += flos
 
-    # ------------------------------------------------------------------ evaluation and prediction
-    def evaluate(self, eval_dataset=None, ignore_keys: Optional[list] = None, metric_key_prefix: str = "eval") -> dict:
-        """Evaluate on ``eval_dataset`` (or the Trainer's); a dict of datasets is evaluated one by one
-        with the key added to the metric names (``eval_<key>_loss``)."""
-        import time
-
-        if self._evaluates_on_workers():
-            from .runtime.remote_eval import evaluate_on_workers
-
-            return evaluate_on_workers(self, "evaluate", dict(eval_dataset=eval_dataset, ignore_keys=ignore_keys,
-                                                              metric_key_prefix=metric_key_prefix))
-        datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if isinstance(datasets, dict):
-            metrics = {}
-            for name, dataset in datasets.items():
-                metrics.update(self.evaluate(dataset if eval_dataset is not None else name, ignore_keys,
-                                             f"{metric_key_prefix}_{name}"))
-            return metrics
-        if not self.is_in_train:  # inside train() the memory counts toward the train stage
-            self._memory_tracker.start("eval")
-        dataloader = self.get_eval_dataloader(eval_dataset)
-        start = time.time()
-        output = self.evaluation_loop(
-            dataloader, description="Evaluation",
-            prediction_loss_only=True if self.compute_metrics is None else None,
-            ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix,
-        )
-        output.metrics.update(self._eval_speed(metric_key_prefix, start, output.num_samples))
-        self._memory_tracker.stop_and_update_metrics("eval", output.metrics)
-        self.log(output.metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=output.metrics)
-        return output.metrics
-
-    def predict(self, test_dataset, ignore_keys: Optional[list] = None, metric_key_prefix: str = "test") -> PredictionOutput:
-        """Predictions (and metrics, when labels are present) on ``test_dataset``."""
-        import time
-
-        if self._evaluates_on_workers():
-            from .runtime.remote_eval import evaluate_on_workers
-
-            return evaluate_on_workers(self, "predict", dict(test_dataset=test_dataset, ignore_keys=ignore_keys,
-                                                             metric_key_prefix=metric_key_prefix))
-        if not self.is_in_train:
-            self._memory_tracker.start("test")
-        dataloader = self.get_test_dataloader(test_dataset)
-        start = time.time()
-        output = self.evaluation_loop(dataloader, description="Prediction", ignore_keys=ignore_keys,
-                                      metric_key_prefix=metric_key_prefix)
-        output.metrics.update(self._eval_speed(metric_key_prefix, start, output.num_samples))
-        self._memory_tracker.stop_and_update_metrics("test", output.metrics)
-        self.control = self.callback_handler.on_predict(self.args, self.state, self.control, metrics=output.metrics)
-        return PredictionOutput(predictions=output.predictions, label_ids=output.label_ids, metrics=output.metrics)
-
-    def _evaluates_on_workers(self) -> bool:
-        """Evaluation runs where the model lives: on Ray Train workers for a multi-worker
-        ScalingConfig (the workers' own rebuilt Trainer, and evaluations during training, run here)."""
-        from .runtime.scaling import is_local_mode
-
-        return not self.is_in_train and self._run is None and not is_local_mode(self.scaling_config)
-
-    def _eval_speed(self, prefix: str, start: float, num_samples: int) -> dict:
-        import math
-
-        total_batch = self.args.eval_batch_size * self.args.world_size
-        return speed_metrics(prefix, start, num_samples=num_samples, num_steps=math.ceil(num_samples / total_batch))
-
-    def evaluation_loop(self, dataloader, description: str, prediction_loss_only: Optional[bool] = None,
-                        ignore_keys: Optional[list] = None, metric_key_prefix: str = "eval"):
-        with quiet_ray(self.args):  # a Ray Data stream read here would print Ray's lines
-            return run_evaluation_loop(self, self._evaluation_run(), dataloader, description, prediction_loss_only,
-                                       ignore_keys, metric_key_prefix)
-
-    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys: Optional[list] = None):
-        """``(loss, logits, labels)`` of one evaluation batch, without gradients."""
-        return run_prediction_step(self, model, inputs, prediction_loss_only, ignore_keys)
-
     # ------------------------------------------------------------------ logs, metrics, saving
     def log(self, logs: dict, start_time: Optional[float] = None) -> None:
         """Add ``epoch`` and ``step`` to ``logs``, append them to ``state.log_history`` and fire on_log."""
@@ -650,20 +448,3 @@ class Trainer(V4TrainerNames, HubMethods):
     def remove_callback(self, callback: Union[type, TrainerCallback]) -> None:
         self.callback_handler.remove_callback(callback)
 
-
-def _user_trial(trial):
-    """What ``model_init`` receives: the Optuna trial or Tune config behind a search's trial."""
-    from .hpo.trial import SearchTrial
-
-    return trial.user_trial if isinstance(trial, SearchTrial) else trial
-
-
-def _first_example_fits(dataset, columns) -> bool:
-    """True when a map-style dataset's first example has only columns the model takes: then no
-    pruning wrapper is needed (it would cost a dict rebuild per example per step). Datasets whose
-    examples change keys along the way should set their keys consistently or prune themselves."""
-    try:
-        example = dataset[0]
-    except Exception:  # noqa: BLE001 - iterable or unsized datasets: keep the per-example pruning
-        return False
-    return isinstance(example, Mapping) and set(example) <= set(columns)

@@ -70,6 +70,12 @@ class SearchTrial:
         return state
 
 
+def model_init_trial(trial):
+    """What ``model_init`` receives for ``train(trial=...)``: the Optuna trial or Tune config behind
+    a search's trial, or the trial itself when a user passed one."""
+    return trial.user_trial if isinstance(trial, SearchTrial) else trial
+
+
 class OptunaReporter:
     def __init__(self, optuna_trial):
         self.optuna_trial = optuna_trial
