@@ -5,11 +5,14 @@ Inside ``checkpoint-<step>/`` every rank writes its own shard files and rank 0 t
 ``optimizer_0/`` (``{"optimizer": ...}``). The state dicts are keyed by parameter names, not by
 ranks, so a checkpoint loads on any number of workers: DCP reads the slices each rank now owns.
 Each rank may write into its own staging folder (Ray merges the ranks' folders into one), since
-every file name is unique to its rank.
+every file name is unique to its rank. The files go to disk and back through ``dcp_io`` (DCP's
+format, without its fsyncs and extra copies).
 """
 
+import itertools
 import os
 
+import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -20,6 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from ..checkpoints.layout import SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR
+from .dcp_io import CheckpointWriter, DirectReader
 
 
 def has_sharded_model(folder: str) -> bool:
@@ -28,17 +32,37 @@ def has_sharded_model(folder: str) -> bool:
 
 def save_sharded(model, optimizer, folder: str) -> None:
     """Every rank: its shard of the model (and of the optimizer state, unless None) into ``folder``."""
-    dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=os.path.join(folder, SHARDED_MODEL_DIR))
+    _save({"model": get_model_state_dict(model)}, os.path.join(folder, SHARDED_MODEL_DIR))
     if optimizer is not None:
-        state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
-        dcp.save(state, checkpoint_id=os.path.join(folder, SHARDED_OPTIMIZER_DIR))
+        _save({"optimizer": get_optimizer_state_dict(model, optimizer)}, os.path.join(folder, SHARDED_OPTIMIZER_DIR))
+
+
+def _save(state: dict, path: str) -> None:
+    dcp.save(state, storage_writer=CheckpointWriter(path), checkpoint_id=path)
+
+
+def _load(state: dict, path: str) -> None:
+    dcp.load(state, storage_reader=DirectReader(path), checkpoint_id=path)
 
 
 def load_sharded_model(model, folder: str) -> None:
     """Every rank: the slices of the checkpoint's weights that this rank's shards cover."""
     state = {"model": get_model_state_dict(model)}
-    dcp.load(state, checkpoint_id=os.path.join(folder, SHARDED_MODEL_DIR))
-    set_model_state_dict(model, state["model"])
+    _load(state, os.path.join(folder, SHARDED_MODEL_DIR))
+    # FSDP2's state dict holds views of the parameters themselves, which DCP has filled in place:
+    # setting them again would copy every byte onto itself
+    if not _is_model_memory(model, state["model"]):
+        set_model_state_dict(model, state["model"])
+
+
+def _local(tensor):
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def _is_model_memory(model, state_dict: dict) -> bool:
+    """Whether every value of ``state_dict`` is a view of one of ``model``'s own tensors."""
+    own = {_local(t).data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    return all(isinstance(t, torch.Tensor) and _local(t).data_ptr() in own for t in state_dict.values())
 
 
 def load_sharded_optimizer(model, optimizer, folder: str) -> None:
@@ -47,7 +71,7 @@ def load_sharded_optimizer(model, optimizer, folder: str) -> None:
         raise FileNotFoundError(f"Checkpoint {folder} has no {SHARDED_OPTIMIZER_DIR}/ (saved with save_only_model=True?): "
                                 "its weights can be loaded into a model, but training cannot resume from it.")
     state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(state, checkpoint_id=path)
+    _load(state, path)
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
 
 

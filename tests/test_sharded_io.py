@@ -1,0 +1,164 @@
+"""Sharded checkpoint I/O (``parallel/dcp_io.py``): the files stay DCP's own format both ways (a
+stock DCP reader loads what we write, we load what stock DCP writes), tensors are read straight
+into the model's and optimizer's memory, what cannot be placed exactly takes DCP's own path, and
+the save neither fsyncs nor leaves torch's CRC setting changed. One-rank gloo group, FSDP2."""
+
+import io
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.planner import LoadItemType
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+from raytrainer.parallel import dcp_io
+from raytrainer.parallel import sharded_checkpoints as sharded
+from raytrainer.parallel.process_group import ensure_process_group
+
+
+class _Args:
+    world_size = 1
+    device = torch.device("cpu")
+
+
+def _sharded_model(seed: int):
+    from torch.distributed.fsdp import fully_shard
+
+    ensure_process_group(_Args())
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    for layer in (model[0], model[2]):
+        fully_shard(layer)
+    fully_shard(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    model(torch.randn(8, 16)).sum().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return model, optimizer
+
+
+def _values(model) -> dict:
+    return {name: t.full_tensor().clone() for name, t in model.state_dict().items()}
+
+
+def _optimizer_values(optimizer) -> list:
+    return [{k: getattr(v, "full_tensor", lambda v=v: v)().clone() for k, v in state.items()}
+            for state in optimizer.state.values()]
+
+
+def test_round_trip_restores_model_and_optimizer_without_fsync(tmp_path, monkeypatch):
+    model, optimizer = _sharded_model(seed=0)
+    saved, saved_optimizer = _values(model), _optimizer_values(optimizer)
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    monkeypatch.setattr(os, "sync", lambda: synced.append("sync"))
+    sharded.save_sharded(model, optimizer, str(tmp_path))
+    assert synced == []  # atomicity comes from the checkpoint folder's rename, not from fsync
+    assert torch.serialization.get_crc32_options() is True  # restored after the save
+    monkeypatch.undo()
+
+    other, other_optimizer = _sharded_model(seed=1)
+    assert not torch.equal(_values(other)["0.weight"], saved["0.weight"])
+    fallbacks = _count_fallbacks(monkeypatch)
+    sharded.load_sharded_model(other, str(tmp_path))
+    sharded.load_sharded_optimizer(other, other_optimizer, str(tmp_path))
+    # every tensor was read in place; only the optimizer's settings (lr, betas, ...) are pickled objects
+    assert {item.type for item in fallbacks} == {LoadItemType.BYTE_IO}
+    for name, value in _values(other).items():
+        assert torch.equal(value, saved[name]), name
+    for loaded, expected in zip(_optimizer_values(other_optimizer), saved_optimizer):
+        assert loaded.keys() == expected.keys()
+        for key in expected:
+            assert torch.equal(loaded[key], expected[key]), key
+    # the loaded model trains on from the same point as the saved one
+    batch = torch.randn(4, 16, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(other(batch), model(batch))
+
+
+def _count_fallbacks(monkeypatch) -> list:
+    """Requests handed to DCP's own reader by ``DirectReader``."""
+    seen = []
+    original = FileSystemReader.read_data
+
+    def counting(self, plan, planner):
+        seen.extend(plan.items)
+        return original(self, plan, planner)
+
+    monkeypatch.setattr(FileSystemReader, "read_data", counting)
+    return seen
+
+
+def test_files_are_dcp_format_both_ways(tmp_path):
+    model, _ = _sharded_model(seed=0)
+    saved = _values(model)
+    sharded.save_sharded(model, None, str(tmp_path / "ours"))
+    # stock DCP reads what we wrote
+    stock, _ = _sharded_model(seed=1)
+    state = {"model": get_model_state_dict(stock)}
+    path = str(tmp_path / "ours" / "pytorch_model_fsdp_0")
+    dcp.load(state, storage_reader=FileSystemReader(path), checkpoint_id=path)
+    assert all(torch.equal(state["model"][n].full_tensor(), saved[n]) for n in saved)
+    # we read what stock DCP (fsync, CRC) wrote
+    stock_path = str(tmp_path / "stock" / "pytorch_model_fsdp_0")
+    dcp.save({"model": get_model_state_dict(model)}, storage_writer=FileSystemWriter(stock_path),
+             checkpoint_id=stock_path)
+    ours, _ = _sharded_model(seed=2)
+    sharded.load_sharded_model(ours, str(tmp_path / "stock"))
+    assert all(torch.equal(value, saved[name]) for name, value in _values(ours).items())
+
+
+def test_a_tensor_it_cannot_place_takes_dcps_own_path(tmp_path, monkeypatch):
+    model, _ = _sharded_model(seed=0)
+    saved = _values(model)
+    sharded.save_sharded(model, None, str(tmp_path))
+    half, _ = _sharded_model(seed=1)
+    half.to(torch.float64)  # another dtype: DCP's reader converts while it copies
+    fallbacks = _count_fallbacks(monkeypatch)
+    sharded.load_sharded_model(half, str(tmp_path))
+    assert len(fallbacks) == len(saved)
+    for name, value in _values(half).items():
+        assert value.dtype == torch.float64 and torch.equal(value, saved[name].double()), name
+
+
+def _archive_file(tmp_path, tensor, prefix: bytes = b"x" * 100):
+    path = tmp_path / "item.bin"
+    buffer = io.BytesIO()
+    torch.save(tensor, buffer)
+    path.write_bytes(prefix + buffer.getvalue())
+    return path, len(prefix), len(buffer.getvalue())
+
+
+def test_stored_slice_finds_the_bytes_of_a_contiguous_slice_only(tmp_path):
+    tensor = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    path, begin, length = _archive_file(tmp_path, tensor)
+    with open(path, "rb") as f:
+        rows = dcp_io.stored_slice(f, begin, length, [2, 0], [3, 4])  # rows 2..4: contiguous
+        columns = dcp_io.stored_slice(f, begin, length, [0, 1], [6, 2])  # columns 1..2: strided
+        f.seek(rows.offset)
+        data = torch.frombuffer(bytearray(f.read(3 * 4 * 4)), dtype=torch.float32).reshape(3, 4)
+    assert rows.dtype == torch.float32 and rows.shape == (3, 4)
+    assert torch.equal(data, tensor[2:5])
+    assert columns is None
+    transposed_path, begin, length = _archive_file(tmp_path, tensor.t())  # a transposed view: strided
+    with open(transposed_path, "rb") as f:
+        assert dcp_io.stored_slice(f, begin, length, [0, 0], [4, 6]) is None
+    not_a_tensor, begin, length = _archive_file(tmp_path, {"lr": 0.1})
+    with open(not_a_tensor, "rb") as f:
+        assert dcp_io.stored_slice(f, begin, length, [0], [1]) is None
+
+
+def test_a_truncated_shard_file_is_an_error_not_a_silent_partial_load(tmp_path):
+    model, _ = _sharded_model(seed=0)
+    sharded.save_sharded(model, None, str(tmp_path))
+    data_file = tmp_path / "pytorch_model_fsdp_0" / "__0_0.distcp"
+    content = data_file.read_bytes()
+    data_file.write_bytes(content[: len(content) - 600])  # the last archive loses its tail
+    other, _ = _sharded_model(seed=1)
+    # DCP reports a rank's failure as a CheckpointException, a BaseException
+    with pytest.raises(CheckpointException, match=r"(?s)failed finding central directory.*checkpoint file is corrupted"):
+        sharded.load_sharded_model(other, str(tmp_path))
+
