@@ -28,7 +28,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import per_step_by_difference  # noqa: E402
+from _common import per_step_by_difference, publish  # noqa: E402
 
 SHORT_STEPS, LONG_STEPS = 10, 210
 TARGET_FIXED_S = 0.5
@@ -169,11 +169,7 @@ def main(argv=None) -> dict:
     if options.rounds < 1:
         parser.error("--rounds must be at least 1")
     results = run(options.rounds)
-    print(report(results))
-    if options.json:
-        with open(options.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return results
+    return publish(results, report(results), options.json)
 
 
 if __name__ == "__main__":
