@@ -124,6 +124,18 @@ def test_a_tensor_it_cannot_place_takes_dcps_own_path(tmp_path, monkeypatch):
         assert value.dtype == torch.float64 and torch.equal(value, saved[name].double()), name
 
 
+def test_a_torch_without_the_private_helpers_loads_through_dcps_own_path(tmp_path, monkeypatch):
+    model, _ = _sharded_model(seed=0)
+    saved = _values(model)
+    sharded.save_sharded(model, None, str(tmp_path))
+    other, _ = _sharded_model(seed=1)
+    monkeypatch.setattr(dcp_io, "_create_file_view", None)  # as when the guarded import failed
+    fallbacks = _count_fallbacks(monkeypatch)
+    sharded.load_sharded_model(other, str(tmp_path))
+    assert len(fallbacks) == len(saved)
+    assert all(torch.equal(value, saved[name]) for name, value in _values(other).items())
+
+
 def _archive_file(tmp_path, tensor, prefix: bytes = b"x" * 100):
     path = tmp_path / "item.bin"
     buffer = io.BytesIO()

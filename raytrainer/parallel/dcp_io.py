@@ -21,10 +21,14 @@ import sys
 from typing import NamedTuple, Optional
 
 import torch
-from torch.distributed._shard._utils import narrow_tensor_by_index
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.planner import LoadItemType
-from torch.distributed.checkpoint.utils import _create_file_view
+
+try:  # private helpers of torch: a torch without them reads every tensor through DCP's own reader
+    from torch.distributed._shard._utils import narrow_tensor_by_index
+    from torch.distributed.checkpoint.utils import _create_file_view
+except ImportError:
+    narrow_tensor_by_index = _create_file_view = None
 from torch.futures import Future
 
 
@@ -80,7 +84,7 @@ class DirectReader(FileSystemReader):
     def _read_in_place(self, file, directory, request, planner) -> bool:
         """Read one tensor request straight into its destination; False when it cannot be."""
         info = self.storage_data[request.storage_index]
-        if request.type == LoadItemType.BYTE_IO or info.transform_descriptors:
+        if request.type == LoadItemType.BYTE_IO or info.transform_descriptors or _create_file_view is None:
             return False
         target = planner.resolve_tensor(request).detach()
         if target.device.type != "cpu" or not target.is_contiguous():
