@@ -63,6 +63,7 @@ def test_custom_loss_subclass_is_the_loss_trained_and_evaluated(tmp_path):
     assert metrics["eval_recall_zero"] >= 0.9
 
 
+@pytest.mark.slow
 def test_sweep_script_runs_the_preset_from_the_command_line(tmp_path):
     pytest.importorskip("sklearn")
     env = {**os.environ, "N_TRIALS": "2", "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
@@ -117,6 +118,7 @@ def test_parquet_folder_through_ray_data_on_two_workers(tmp_path):
     assert not ray.is_initialized()
 
 
+@pytest.mark.slow
 def test_notebook_trains_evaluates_sweeps_and_plots_in_a_real_kernel(tmp_path):
     pytest.importorskip("sklearn")
     nbformat = pytest.importorskip("nbformat")

@@ -108,6 +108,7 @@ def test_stream_trains_the_same_weights_as_the_torch_dataset(make_args):
                      ("loss", "grad_norm", "learning_rate", "eval_loss", "epoch", "step"))
 
 
+@pytest.mark.slow
 def test_epoch_strategies_on_a_parquet_stream_match_a_map_style_run(tmp_path, make_args):
     folder = _parquet_folder(tmp_path / "rows", _regression_table(22), rows_per_file=8)  # 3 files
     common = dict(num_train_epochs=2, eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch",
@@ -143,6 +144,7 @@ def _epoch_orders(make_args, source, epochs=2, **overrides):
     return orders, len(loader)
 
 
+@pytest.mark.slow
 def test_shuffle_is_seeded_by_the_seed_and_the_epoch(tmp_path, make_args):
     table = _regression_table(20)
     source = stream(ray.data.from_arrow([table.slice(0, 10), table.slice(10)]), local_shuffle_buffer_size=8)
