@@ -55,7 +55,7 @@ class Trainer(V4TrainerNames, HubMethods, DataLoaderMethods, OptimizerMethods, E
     Arguments are those of ``transformers.Trainer`` plus Ray's own configuration objects:
 
     - ``scaling_config`` (``ray.train.ScalingConfig``): how many Ray Train workers run the loop.
-      ``ScalingConfig(num_workers=0)`` (the default) runs it in this process (Ray Train local mode),
+      ``ScalingConfig(num_workers=0)`` (the default) runs it in this process (local mode),
       with the very model, datasets and callbacks passed here.
     - ``run_config`` (``ray.train.RunConfig``): experiment name, storage and failure handling.
 

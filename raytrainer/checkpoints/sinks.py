@@ -1,10 +1,11 @@
 """Where a finished checkpoint folder goes.
 
-``LocalSink`` (Ray Train local mode): Ray does not persist checkpoints there, so the staging
-folder is renamed into ``output_dir`` directly. ``RayStorageSink`` (Ray Train workers): every rank
-stages its files in a temporary folder and hands it to ``ray.train.report(...,
-checkpoint_dir_name="checkpoint-<step>")``; Ray merges the ranks' folders into its storage
-(``RunConfig.storage_path``/``name``, which by default *is* ``output_dir``).
+``LocalSink`` (a run in this process, with or without Ray Train's local mode, which does not
+persist checkpoints): the staging folder is renamed into ``output_dir`` directly.
+``RayStorageSink`` (Ray Train workers): every rank stages its files in a temporary folder and
+hands it to ``ray.train.report(..., checkpoint_dir_name="checkpoint-<step>")``; Ray merges the
+ranks' folders into its storage (``RunConfig.storage_path``/``name``, which by default *is*
+``output_dir``).
 """
 
 import os

@@ -4,7 +4,7 @@ Without one, a script or notebook attached to a Ray cluster trains on one Ray wo
 when the cluster has one: a job submitted to the cluster (``RAY_ADDRESS`` set, as Ray Jobs does),
 or a driver whose ``ray.init()`` joined a running cluster (a notebook on a head node; see
 ``runtime.cluster``). Anything else (a laptop, tests, a local Ray instance this process started, a
-Ray Tune trial) uses Ray Train's local mode in this process.
+Ray Tune trial) runs in this process (local mode; see ``runtime.launch``).
 """
 
 import os
