@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pickle
+import statistics
 
 import numpy as np
 import pyarrow as pa
@@ -350,7 +351,11 @@ def test_parquet_three_times_the_object_store_streams_in_bounded_memory(tmp_path
     output = trainer.train()
 
     assert output.global_step == 4 * files  # every row went through, a quarter file per step
-    growth = max(probe.samples) - probe.samples[0]
+    # medians of the first and the last quarter of the steps: a reader that kept what it streamed
+    # would grow by about half the dataset between them; one transient allocation elsewhere in the
+    # process (seen once under CI load: a 98 MB spike with the steady heap flat) does not move them
+    quarter = len(probe.samples) // 4
+    growth = statistics.median(probe.samples[-quarter:]) - statistics.median(probe.samples[:quarter])
     assert growth < dataset_bytes / 4, f"heap grew by {growth / 1e6:.0f} MB while streaming {dataset_bytes / 1e6:.0f} MB"
 
 
