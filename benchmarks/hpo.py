@@ -1,9 +1,10 @@
 """hyperparameter_search side by side: the same 16-trial search space on the same regression task,
 run by ``transformers.Trainer.hyperparameter_search(backend="optuna")`` (when installed) and by
-raytrainer (Optuna with concurrent in-process trials and median pruning; Ray Tune with ASHA and
-one trial process per CPU). Prints wall time, best objective, per-trial overhead and ratios.
+raytrainer (Optuna with median pruning and ``n_jobs`` trials at a time: one in this process, the
+others in trial processes; Ray Tune with ASHA and one trial process per CPU). Prints wall time,
+best objective, per-trial overhead and ratios. Ray's start is not timed (it precedes the searches).
 
-    python benchmarks/hpo.py            # 16 trials, about 10-20 s of training each (several minutes)
+    python benchmarks/hpo.py            # 16 trials of about 0.5 s of bare-loop training each (about a minute)
     python benchmarks/hpo.py --quick    # 4 small trials per implementation: a smoke run
 """
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import quiet_library_logs  # noqa: E402
 
-SIZES = {  # quick: a smoke run; full: one trial trains about 10-20 s in a bare loop on 2 cores
+SIZES = {  # quick: a smoke run; full: one trial trains about 0.5 s in a bare loop on 2 cores
     "quick": dict(n_trials=4, rows=512, width=32, max_steps=40, eval_every=10),
     "full": dict(n_trials=16, rows=8192, width=256, max_steps=600, eval_every=100),
 }

@@ -266,6 +266,8 @@ class Trainer(V4TrainerNames, HubMethods, DataLoaderMethods, OptimizerMethods, E
         Ray: ``search_alg``, ``scheduler``, ``resources_per_trial``, ``max_concurrent_trials``,
         ``time_budget_s``, ``max_failures``, ``resume``); both take ``scaling_config`` (each trial on
         Ray Train workers) and ``load_best_model`` (load the best checkpoint into ``self.model``).
+        With ``n_jobs`` > 1, trials without workers train one in this process and the others in
+        processes of their own (trials in threads would share torch's random generator).
         A results table (CSV, JSON) and plot (PNG) are written to ``output_dir``.
         """
         from .hpo.search import run_hyperparameter_search

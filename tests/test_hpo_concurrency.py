@@ -1,17 +1,18 @@
-"""Why in-process Optuna trials run one at a time (``n_jobs`` > 1 only overlaps trials on workers).
+"""Why Optuna trials side by side (``n_jobs`` > 1) train in processes of their own.
 
 Root cause, measured: every trial seeds torch's default generator (``set_seed(args.seed)``) and then
 draws from it (``model_init``'s initial weights, dropout masks, random augmentations). That
 generator is one per process, not per thread, so two trials in two threads of one process
 interleave their draws: each trial's numbers depend on the other's timing, and the same
 hyperparameters give another objective than they do alone. A model without any random draw gives
-the same objectives either way (checked by hand while pinning this down). Trials that must not
-share the generator need processes of their own; in this process they take turns.
+the same objectives either way (checked by hand while pinning this down). So at most one trial
+trains in the search's process, the others in trial processes (``hpo.trial_processes``).
 """
 
 import threading
 
 import optuna
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -82,7 +83,8 @@ def _objectives(tmp_path, n_jobs: int) -> dict:
     return seen
 
 
-def test_in_process_trials_with_n_jobs_give_the_objectives_they_give_alone(tmp_path):
+@pytest.mark.slow
+def test_trials_with_n_jobs_give_the_objectives_they_give_alone(tmp_path, ray_instance):
     alone = _objectives(tmp_path, n_jobs=1)
     side_by_side = _objectives(tmp_path, n_jobs=2)
     assert alone[0] == alone[2] and alone[1] == alone[3]  # same hyperparameters, same seed: same objective

@@ -5,11 +5,15 @@ Evaluations are reported to the trial, so the study's pruner (Optuna's default: 
 bad trials early. Without a ``sampler``, Optuna's default one is seeded with
 ``TrainingArguments.seed``, so a sweep repeats exactly. With ``storage=`` (an RDB URL or ``optuna.storages.JournalStorage``) plus
 ``study_name=`` and ``load_if_exists=True``, a restarted driver continues the study: ``n_trials``
-is the study's total, so only the trials still missing run. ``n_jobs`` runs trials side by side.
+is the study's total, so only the trials still missing run.
+
+``n_jobs`` runs trials side by side: multi-worker trials each as its own Ray Train run; trials
+without workers one in this process and the others in trial processes of their own (``hpo.trial_processes``:
+trials in threads of one process would share torch's random generator).
 """
 
+import contextlib
 import os
-import threading
 
 from ...runtime.scaling import is_local_mode
 from ..results import TrialRecord
@@ -19,12 +23,6 @@ from ..trial import OptunaReporter, RelayReporter, SearchTrial
 STUDY_OPTIONS = ("storage", "sampler", "pruner", "study_name", "load_if_exists")
 OPTIMIZE_OPTIONS = ("timeout", "n_jobs", "gc_after_trial", "catch", "callbacks", "show_progress_bar")
 OPTIONS = STUDY_OPTIONS + OPTIMIZE_OPTIONS
-# In-process trials run one at a time even with n_jobs > 1: every trial seeds torch's default
-# generator and draws from it (initial weights, dropout), and that generator is one per process, so
-# trials in two threads would interleave their draws and give other objectives than alone
-# (tests/test_hpo_concurrency.py). n_jobs only overlaps multi-worker trials, each its own Ray Train
-# run. Use backend="ray" for concurrent in-process trials (one process per trial).
-_IN_PROCESS_TRIAL = threading.Lock()
 
 
 def run_optuna_search(setup, space, n_trials: int, hp_name, options: dict):
@@ -46,14 +44,33 @@ def run_optuna_search(setup, space, n_trials: int, hp_name, options: dict):
     finished = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in study.trials)
     remaining = max(0, n_trials - finished)
     if remaining:
-        objective = _Objective(setup, space, hp_name)
-        study.optimize(objective, n_trials=remaining, **optimize_options)
+        with _trial_slots(setup, optimize_options.get("n_jobs", 1), remaining) as slots:
+            study.optimize(_Objective(setup, space, hp_name, slots), n_trials=remaining, **optimize_options)
     return [_record_of(setup, trial) for trial in study.trials], study
 
 
+@contextlib.contextmanager
+def _trial_slots(setup, n_jobs: int, n_trials: int):
+    """The trial processes of a search whose trials train without workers, ``n_jobs`` at a time
+    (None when trials run one by one here, or each on its own workers)."""
+    slots = min((os.cpu_count() or 1) if n_jobs == -1 else n_jobs, n_trials)
+    if slots <= 1 or not is_local_mode(setup.scaling_config):
+        yield None
+        return
+    from ...runtime.ray_session import ensure_ray
+    from ..trial_processes import TrialSlots  # defines a Ray actor class: imports Ray
+
+    ensure_ray()
+    trial_slots = TrialSlots(setup, slots)
+    try:
+        yield trial_slots
+    finally:
+        trial_slots.close()
+
+
 class _Objective:
-    def __init__(self, setup, space, hp_name):
-        self.setup, self.space, self.hp_name = setup, space, hp_name
+    def __init__(self, setup, space, hp_name, slots=None):
+        self.setup, self.space, self.hp_name, self.slots = setup, space, hp_name, slots
 
     def __call__(self, optuna_trial):
         setup = self.setup
@@ -65,9 +82,10 @@ class _Objective:
                             reporter=OptunaReporter(optuna_trial), hyperparameters=dict(optuna_trial.params),
                             user_trial=optuna_trial)
         clear_stale_run_dir(setup.run_dir(run_name))
-        if is_local_mode(setup.scaling_config):
-            with _IN_PROCESS_TRIAL:
-                record = run_trial(setup, trial)
+        if self.slots is not None:
+            record = self.slots.run(setup, trial, optuna_trial)
+        elif is_local_mode(setup.scaling_config):
+            record = run_trial(setup, trial)
         else:
             record = _run_on_workers(setup, trial, optuna_trial)
         return record.objective[0] if len(record.objective) == 1 else record.objective
