@@ -3,76 +3,50 @@
 Change ``from transformers import Trainer, TrainingArguments`` to
 ``from raytrainer import Trainer, TrainingArguments``; Ray's own ``ScalingConfig`` and
 ``RunConfig`` say where the loop runs.
+
+The public names import their modules on first use. A process that only needs one of the
+package's modules (a Ray helper process running the worker set-up hook or holding the run
+channel, a command's ``--help``) does not import torch and the Trainer with it.
 """
 
-from .argparser import HfArgumentParser
-from .args import Seq2SeqTrainingArguments, TrainingArguments
-from .callbacks import (
-    CallbackHandler,
-    DefaultFlowCallback,
-    EarlyStoppingCallback,
-    NotebookProgressCallback,
-    PrinterCallback,
-    ProgressCallback,
-    TrainerCallback,
-)
-from .data.collators import DataCollatorWithPadding, default_data_collator
-from .data.streaming import StreamingDataset, stream
-from .enums import HubStrategy, IntervalStrategy, OptimizerNames, SaveStrategy, SchedulerType
-from .hpo import (
-    BestRun,
-    SearchSpace,
-    default_compute_objective,
-    default_hp_space_optuna,
-    default_hp_space_ray,
-    load_search_space,
-)
-from .optim import get_decay_parameter_names
-from .outputs import EvalLoopOutput, EvalPrediction, PredictionOutput, TrainOutput
-from .schedules import get_scheduler
-from .seeding import enable_full_determinism, set_seed
-from .seq2seq import Seq2SeqTrainer
-from .state import TrainerControl, TrainerState
-from .trainer import Trainer
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BestRun",
-    "CallbackHandler",
-    "DataCollatorWithPadding",
-    "DefaultFlowCallback",
-    "EarlyStoppingCallback",
-    "EvalLoopOutput",
-    "EvalPrediction",
-    "HfArgumentParser",
-    "HubStrategy",
-    "IntervalStrategy",
-    "NotebookProgressCallback",
-    "OptimizerNames",
-    "PredictionOutput",
-    "PrinterCallback",
-    "ProgressCallback",
-    "SaveStrategy",
-    "SchedulerType",
-    "SearchSpace",
-    "StreamingDataset",
-    "Seq2SeqTrainer",
-    "Seq2SeqTrainingArguments",
-    "TrainOutput",
-    "Trainer",
-    "TrainerCallback",
-    "TrainerControl",
-    "TrainerState",
-    "TrainingArguments",
-    "default_compute_objective",
-    "default_data_collator",
-    "default_hp_space_optuna",
-    "default_hp_space_ray",
-    "enable_full_determinism",
-    "get_decay_parameter_names",
-    "get_scheduler",
-    "load_search_space",
-    "set_seed",
-    "stream",
-]
+_MODULE_OF = {
+    name: module
+    for module, names in {
+        ".argparser": ("HfArgumentParser",),
+        ".args": ("Seq2SeqTrainingArguments", "TrainingArguments"),
+        ".callbacks": ("CallbackHandler", "DefaultFlowCallback", "EarlyStoppingCallback", "NotebookProgressCallback",
+                       "PrinterCallback", "ProgressCallback", "TrainerCallback"),
+        ".data.collators": ("DataCollatorWithPadding", "default_data_collator"),
+        ".data.streaming": ("StreamingDataset", "stream"),
+        ".enums": ("HubStrategy", "IntervalStrategy", "OptimizerNames", "SaveStrategy", "SchedulerType"),
+        ".hpo": ("BestRun", "SearchSpace", "default_compute_objective", "default_hp_space_optuna",
+                 "default_hp_space_ray", "load_search_space"),
+        ".optim": ("get_decay_parameter_names",),
+        ".outputs": ("EvalLoopOutput", "EvalPrediction", "PredictionOutput", "TrainOutput"),
+        ".schedules": ("get_scheduler",),
+        ".seeding": ("enable_full_determinism", "set_seed"),
+        ".seq2seq": ("Seq2SeqTrainer",),
+        ".state": ("TrainerControl", "TrainerState"),
+        ".trainer": ("Trainer",),
+    }.items()
+    for name in names
+}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'raytrainer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_MODULE_OF))

@@ -49,6 +49,24 @@ print(json.dumps({"after_import": after_import,
 """
 
 
+HELPER_PROCESS = """
+import sys
+import raytrainer.runtime.ray_session, raytrainer.runtime.channel  # what Ray helper processes load
+helper = "torch" in sys.modules
+from raytrainer import Trainer  # a public name brings its module, and torch, when used
+print(helper, "torch" in sys.modules, Trainer.__module__)
+"""
+
+
+def test_ray_helper_processes_load_raytrainer_modules_without_torch(tmp_path):
+    """Every worker process of a local instance runs the set-up hook, and the run channel's actor
+    imports its module: the package's lazy names keep torch (about 2 s here) out of both."""
+    done = subprocess.run([sys.executable, "-c", HELPER_PROCESS], capture_output=True, text=True, timeout=120,
+                          cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["False", "True", "raytrainer.trainer"]
+
+
 def test_import_and_a_plain_local_run_never_import_ray(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     done = subprocess.run([sys.executable, "-c", LOCAL_RUN], capture_output=True, text=True, env=env, timeout=300,
