@@ -23,6 +23,7 @@ from conftest import (
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 
 from raytrainer import Trainer, TrainerCallback, TrainingArguments
+from raytrainer.runtime import channel as run_channel
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_instance")]
 TESTS = os.path.dirname(__file__)
@@ -77,7 +78,9 @@ def test_two_workers_equal_one_process_with_twice_the_batch(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "'loss':" in printed and "'eval_count': 13" in printed
     # and evaluate/predict work on the driver afterwards, on the trained weights
+    channel_of_training = run_channel._SHARED["actor"]
     prediction = distributed.predict(dev)
+    assert run_channel._SHARED["actor"] is channel_of_training  # one channel actor serves the driver's runs
     torch.testing.assert_close(torch.as_tensor(prediction.predictions), reference(dev.x)["logits"].detach(),
                                rtol=0, atol=1e-5)
 

@@ -133,10 +133,8 @@ class WorkerContext(ExecutionContext):
     def send_home(self, result) -> None:
         """Rank 0's result to the driver, as bytes: the channel actor never imports torch
         (unpickling tensors there would make it import torch while the workers wait)."""
-        import ray
-
         if self.rank == 0:
-            ray.get(self.job.channel.set_result.remote(pickle.dumps(result, protocol=5)))
+            self.job.channel.set_result(pickle.dumps(result, protocol=5))
 
 
 def _ray_train_dataset_shard(name: str):

@@ -23,7 +23,7 @@ class RemoteJob:
     """What every Ray Train worker receives (small: the Trainer itself is behind ``blueprint_ref``)."""
 
     blueprint_ref: Any
-    channel: Any  # runtime.channel.RunChannel of this run
+    channel: Any  # runtime.channel.RunLink of this run
     run_id: str  # tells a restart of this train() from checkpoints an earlier run left in storage
     request: TrainRequest
 

@@ -20,7 +20,7 @@ import ray
 from ..data import streaming
 from ..data.stream_shards import torch_trainer_data
 from ..state import TrainerState
-from .channel import DriverDisplay, RunChannel
+from .channel import DriverDisplay, open_run_link
 from .payload import blueprint_of, put_blueprint
 from .ray_session import ensure_ray, quiet_datasets, quiet_run_config
 
@@ -48,7 +48,7 @@ def evaluate_on_workers(trainer, method: str, kwargs: dict):
                              "to the Trainer as eval_dataset (streams given there are sharded), or evaluate in this "
                              "process with ScalingConfig(num_workers=0).")
     ensure_ray()
-    channel = RunChannel.remote()
+    channel = open_run_link()
     job = EvalJob(put_blueprint(blueprint_of(trainer)), channel, method, ray.put(kwargs),
                   dataclasses.asdict(trainer.state), trainer.final_model_dir)
     storage = tempfile.mkdtemp(prefix="raytrainer-eval-")  # Ray Train's run folder; nothing is kept there
@@ -61,11 +61,11 @@ def evaluate_on_workers(trainer, method: str, kwargs: dict):
     except ray.train.TrainingFailedError as error:
         from .workers import worker_exception
 
+        channel.take_result()  # the channel forgets the failed run
         raise worker_exception(error) from error
     finally:
         shutil.rmtree(storage, ignore_errors=True)
-    result = pickle.loads(ray.get(channel.result.remote()))
-    ray.kill(channel)
+    result = pickle.loads(channel.take_result())
     logged_before = len(trainer.state.log_history)
     trainer.state = TrainerState(**result["state"])  # the evaluation's log entry included
     _report_to_tracking(trainer, trainer.state.log_history[logged_before:])

@@ -12,7 +12,7 @@ from ..integrations import adopt_runs
 from ..modeling import unwrap_model
 from ..outputs import TrainOutput
 from ..state import TrainerState
-from .channel import DriverDisplay, RunChannel
+from .channel import DriverDisplay, open_run_link
 from .jobs import RemoteJob, default_run_config, new_run_id
 from .payload import blueprint_of, put_blueprint
 from .ray_session import ensure_ray, quiet_datasets, quiet_run_config
@@ -23,7 +23,7 @@ from .worker_entry import remote_train_loop
 def run_on_workers(trainer, scaling_config, request) -> TrainOutput:
     ensure_ray()
     blueprint_ref = put_blueprint(blueprint_of(trainer))
-    channel = RunChannel.remote()
+    channel = open_run_link()
     job = RemoteJob(blueprint_ref, channel, new_run_id(), request)
     run_config = quiet_run_config(trainer.run_config or default_run_config(trainer.args), trainer.args)
     forget_earlier_runs(run_config)
@@ -34,9 +34,9 @@ def run_on_workers(trainer, scaling_config, request) -> TrainOutput:
         with DriverDisplay(trainer, channel), quiet_datasets(data.get("datasets", {}), trainer.args):
             torch_trainer.fit()
     except ray.train.TrainingFailedError as error:
+        channel.take_result()  # the channel forgets the failed run
         raise worker_exception(error) from error
-    result = pickle.loads(ray.get(channel.result.remote()))  # rank 0 of this run's own workers
-    ray.kill(channel)
+    result = pickle.loads(channel.take_result())  # rank 0 of this run's own workers
     return _apply_result(trainer, result)
 
 
