@@ -130,6 +130,55 @@ class Locked:
         return {}
 
 
+class FailAtStepTwo(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise ValueError("the user's callback fails at step 2")
+
+
+def test_a_worker_error_reaches_the_driver_as_itself_and_the_next_run_still_streams(tmp_path, capsys):
+    train = RegressionDataset(16)
+    failing = Trainer(model=RegressionModel(), args=_args(tmp_path / "fail", 4, eval_strategy="no", max_steps=4),
+                      train_dataset=train,
+                      callbacks=[FailAtStepTwo()], scaling_config=ScalingConfig(num_workers=1))
+    with pytest.raises(ValueError, match="the user's callback fails at step 2") as raised:
+        failing.train()
+    assert "(raised on Ray Train worker rank 0)" in getattr(raised.value, "__notes__", [])
+    capsys.readouterr()
+    # the driver's channel actor forgot the failed run and serves the next one
+    trainer = Trainer(model=RegressionModel(), args=_args(tmp_path / "next", 4, eval_strategy="no", max_steps=4),
+                      train_dataset=train, scaling_config=ScalingConfig(num_workers=1))
+    assert trainer.train().global_step == 4
+    assert "'loss':" in capsys.readouterr().out  # its logs came through the channel, live
+
+
+TWO_SESSIONS = """
+import sys, tempfile
+import ray
+from conftest import RegressionDataset, RegressionModel, runtime_env_for_tests
+from ray.train import ScalingConfig
+from raytrainer import Trainer, TrainingArguments
+for session in range(2):  # a new cluster reuses the first one's job id
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env=runtime_env_for_tests())
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(), max_steps=3, save_strategy="no", report_to="none",
+                             disable_tqdm=True, per_device_train_batch_size=4)
+    trainer = Trainer(model=RegressionModel(), args=args, train_dataset=RegressionDataset(16),
+                      scaling_config=ScalingConfig(num_workers=1))
+    print("steps", trainer.train().global_step)
+    ray.shutdown()
+"""
+
+
+def test_runs_in_a_second_ray_session_of_the_same_driver_get_a_live_channel(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, os.path.dirname(TESTS)]))
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", TWO_SESSIONS], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [line for line in done.stdout.splitlines() if line.startswith("steps")] == ["steps 3", "steps 3"]
+
+
 def test_unpicklable_argument_is_named_before_any_worker_starts(tmp_path):
     trainer = Trainer(model=RegressionModel(), args=_args(tmp_path, 4), train_dataset=RegressionDataset(8),
                       eval_dataset=RegressionDataset(4), compute_metrics=Locked(),

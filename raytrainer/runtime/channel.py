@@ -60,8 +60,12 @@ class RunLink:
     def take_result(self):
         return ray.get(self.actor.take_result.remote(self.key))
 
+    def forget(self) -> None:
+        """Drop what a failed run left (without waiting: the run's own error is what matters)."""
+        self.actor.take_result.remote(self.key)
 
-_SHARED = {"job": None, "actor": None}
+
+_SHARED = {"session": None, "actor": None}
 _SHARED_LOCK = threading.Lock()
 _KEYS = itertools.count()
 
@@ -69,17 +73,19 @@ _KEYS = itertools.count()
 def open_run_link() -> RunLink:
     """A link for a new run, on this driver's channel actor (started with the first run of this
     Ray session, or again if it died)."""
-    job = ray.get_runtime_context().get_job_id()
+    context = ray.get_runtime_context()
+    # job ids start again at 1 on a new cluster (ray.shutdown() then ray.init()); node ids do not
+    session = (context.get_node_id(), context.get_job_id())
     with _SHARED_LOCK:
-        actor = _SHARED["actor"] if _SHARED["job"] == job else None
+        actor = _SHARED["actor"] if _SHARED["session"] == session else None
         if actor is not None:
             try:
                 ray.get(actor.__ray_ready__.remote(), timeout=30)
-            except (ray.exceptions.RayError, TimeoutError):
+            except Exception:  # noqa: BLE001 - dead, unreachable or gone with its cluster: start another
                 actor = None
         if actor is None:
             actor = RunChannel.remote()
-            _SHARED.update(job=job, actor=actor)
+            _SHARED.update(session=session, actor=actor)
     return RunLink(actor, f"{os.getpid()}-{next(_KEYS)}")
 
 

@@ -61,7 +61,7 @@ def evaluate_on_workers(trainer, method: str, kwargs: dict):
     except ray.train.TrainingFailedError as error:
         from .workers import worker_exception
 
-        channel.take_result()  # the channel forgets the failed run
+        channel.forget()
         raise worker_exception(error) from error
     finally:
         shutil.rmtree(storage, ignore_errors=True)

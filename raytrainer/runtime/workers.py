@@ -34,7 +34,7 @@ def run_on_workers(trainer, scaling_config, request) -> TrainOutput:
         with DriverDisplay(trainer, channel), quiet_datasets(data.get("datasets", {}), trainer.args):
             torch_trainer.fit()
     except ray.train.TrainingFailedError as error:
-        channel.take_result()  # the channel forgets the failed run
+        channel.forget()
         raise worker_exception(error) from error
     result = pickle.loads(channel.take_result())  # rank 0 of this run's own workers
     return _apply_result(trainer, result)
