@@ -229,6 +229,23 @@ def test_resume_mid_epoch_sees_the_same_rows_as_a_non_stop_run(tmp_path, make_ar
 # ---------------------------------------------------------------------------------------------
 # Evaluation shards and collation
 # ---------------------------------------------------------------------------------------------
+def test_local_parquet_reads_in_blocks_sized_from_the_files_and_counts_rows_from_footers(tmp_path, monkeypatch):
+    from raytrainer.data import streaming as streaming_module
+
+    for number in range(4):
+        rows = np.arange(number * 50, number * 50 + 50, dtype=np.float32)[:, None]
+        pq.write_table(_table(rows, rows), tmp_path / f"part-{number}.parquet")
+    stream_of_folder = stream(str(tmp_path), shuffle=False)
+    assert stream_of_folder.num_rows == 200  # from the footers, before anything is read
+    # a small folder is one block: no executor left scheduling while the steps run
+    assert stream_of_folder.ray_dataset().materialize().num_blocks() == 1
+    # blocks never exceed the size cap: one file per block when the cap is below a file's size
+    monkeypatch.setattr(streaming_module, "_block_bytes", lambda context: 1)
+    dataset = stream(str(tmp_path), shuffle=False).ray_dataset()
+    assert dataset.materialize().num_blocks() == 4
+    assert sorted(float(row["labels"][0]) for row in dataset.iter_rows()) == [float(i) for i in range(200)]
+
+
 def test_eval_shards_cover_every_row_once_in_dataset_order():
     dataset = ray.data.from_arrow(_regression_table(13)).repartition(4)  # blocks not aligned with batches
     collate = StreamCollate(raytrainer.default_data_collator)
