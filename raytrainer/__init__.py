@@ -10,6 +10,7 @@ channel, a command's ``--help``) does not import torch and the Trainer with it.
 """
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -41,9 +42,12 @@ __all__ = sorted(_MODULE_OF)
 
 def __getattr__(name: str):
     module = _MODULE_OF.get(name)
-    if module is None:
+    if module is not None:
+        value = getattr(importlib.import_module(module, __name__), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)  # raytrainer.callbacks, as before
+    else:
         raise AttributeError(f"module 'raytrainer' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # later lookups are plain attribute reads
     return value
 

@@ -54,7 +54,9 @@ import sys
 import raytrainer.runtime.ray_session, raytrainer.runtime.channel  # what Ray helper processes load
 helper = "torch" in sys.modules
 from raytrainer import Trainer  # a public name brings its module, and torch, when used
-print(helper, "torch" in sys.modules, Trainer.__module__)
+import raytrainer
+subpackage = raytrainer.callbacks.TrainerCallback.__name__  # subpackages are attributes, as before
+print(helper, "torch" in sys.modules, Trainer.__module__, subpackage)
 """
 
 
@@ -64,7 +66,7 @@ def test_ray_helper_processes_load_raytrainer_modules_without_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", HELPER_PROCESS], capture_output=True, text=True, timeout=120,
                           cwd=str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["False", "True", "raytrainer.trainer"]
+    assert done.stdout.split() == ["False", "True", "raytrainer.trainer", "TrainerCallback"]
 
 
 def test_import_and_a_plain_local_run_never_import_ray(tmp_path):
