@@ -12,7 +12,7 @@ from conftest import RegressionDataset, RegressionModel
 
 from raytrainer import Trainer, TrainingArguments
 from raytrainer.hpo import trial_processes
-from raytrainer.hpo.trial_processes import Mailbox
+from raytrainer.hpo.relay import Mailbox
 
 
 def test_mailbox_answers_each_question_its_own_ticket_and_wakes_the_driver_at_the_end():
@@ -41,6 +41,19 @@ def test_mailbox_answers_each_question_its_own_ticket_and_wakes_the_driver_at_th
 
 def test_mailbox_take_waits_no_longer_than_its_timeout():
     assert Mailbox().take(timeout=0.05) == ([], False)
+
+
+def test_a_question_nobody_answers_gets_the_unanswered_value_at_its_timeout_or_when_the_mailbox_closes():
+    mailbox = Mailbox()
+    assert mailbox.ask(("report", 10, [0.5]), timeout=0.05, unanswered=False) is False
+    answers = []
+    asking = threading.Thread(target=lambda: answers.append(mailbox.ask(("report", 20, [0.4]), unanswered=False)))
+    asking.start()
+    questions, _ = mailbox.take(timeout=5.0)
+    assert [question for _, question in questions] == [("report", 10, [0.5]), ("report", 20, [0.4])]
+    mailbox.close()  # the driver stopped serving: the waiting worker goes on, unpruned
+    asking.join(timeout=5.0)
+    assert answers == [False]
 
 
 class PruneNumbers(optuna.pruners.BasePruner):

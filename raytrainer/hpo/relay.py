@@ -1,48 +1,79 @@
-"""Pruning for Optuna trials that train on Ray Train workers.
+"""Questions from a trial that trains away from the driver, answered by the driver's Optuna trial.
 
-The Optuna trial lives in the driver (its storage may be in memory), the evaluations happen on the
-workers. After each evaluation rank 0 asks a ``PruningRelay`` actor, and blocks; a thread in the
-driver (``RelayServer``) takes the question, reports it to Optuna and answers with
-``should_prune()``. Evaluations are rare, so one round trip each is cheap.
+The Optuna study lives in the driver (its storage may be in memory); a trial training in another
+process asks it whether to prune after an evaluation, or for a value ``model_init`` suggests. A
+``Mailbox`` holds the questions and answers in the asking process; a driver thread long-polls it,
+so an answer comes back within one round trip. Trials on Ray Train workers ask a ``PruningRelay``
+actor (a mailbox every rank 0 can reach), served by ``RelayServer``; trials in trial processes ask
+their process's own mailbox (``hpo.trial_processes``).
 """
 
+import itertools
 import threading
 
 import ray
 
+from .trial import report_to_optuna
+
 _ANSWER_TIMEOUT_S = 600.0  # a driver that stopped answering must not hang the workers forever
 
 
-@ray.remote(num_cpus=0, max_concurrency=4)
-class PruningRelay:
+class Mailbox:
+    """Questions of one trial to the driver, and their answers (thread-safe, in the asking process)."""
+
     def __init__(self):
         self._condition = threading.Condition()
         self._questions = []
         self._answers = {}
-        self._closed = False
+        self._tickets = itertools.count()
+        self.closed = False
 
-    def ask(self, step: int, values: list) -> bool:
+    def ask(self, question, timeout=None, unanswered=None):
+        """The driver's answer; ``unanswered`` when the mailbox closes or ``timeout`` passes first."""
         with self._condition:
-            self._questions.append((step, values))
+            ticket = next(self._tickets)
+            self._questions.append((ticket, question))
             self._condition.notify_all()
-            self._condition.wait_for(lambda: step in self._answers or self._closed, timeout=_ANSWER_TIMEOUT_S)
-            return self._answers.pop(step, False)
+            self._condition.wait_for(lambda: ticket in self._answers or self.closed, timeout=timeout)
+            return self._answers.pop(ticket, unanswered)
 
-    def next_questions(self, timeout: float) -> list:
+    def take(self, timeout: float):
+        """``(questions, closed)``: what was asked since the last call, as ``(ticket, question)``
+        pairs, waiting up to ``timeout`` for a first question or for the mailbox to close."""
         with self._condition:
-            self._condition.wait_for(lambda: self._questions or self._closed, timeout=timeout)
+            self._condition.wait_for(lambda: self._questions or self.closed, timeout=timeout)
             questions, self._questions = self._questions, []
-            return questions
+            return questions, self.closed
 
-    def answer(self, step: int, prune: bool) -> None:
+    def answer(self, ticket: int, value) -> None:
         with self._condition:
-            self._answers[step] = prune
+            self._answers[ticket] = value
             self._condition.notify_all()
 
     def close(self) -> None:
         with self._condition:
-            self._closed = True
+            self.closed = True
             self._condition.notify_all()
+
+
+@ray.remote(num_cpus=0, max_concurrency=4)
+class PruningRelay:
+    """Rank 0 of a trial's workers asks here whether to prune; a closed relay says no."""
+
+    def __init__(self):
+        self._mailbox = Mailbox()
+
+    def ask(self, step: int, values: list) -> bool:
+        return self._mailbox.ask((step, values), timeout=_ANSWER_TIMEOUT_S, unanswered=False)
+
+    def next_questions(self, timeout: float) -> list:
+        return self._mailbox.take(timeout)[0]
+
+    def answer(self, ticket: int, prune: bool) -> None:
+        self._mailbox.answer(ticket, prune)
+
+    def close(self) -> None:
+        self._mailbox.close()
 
 
 class RelayServer:
@@ -72,12 +103,6 @@ class RelayServer:
                 questions = ray.get(self.relay.next_questions.remote(self.poll_s))
             except ray.exceptions.RayError:
                 return
-            for step, values in questions:
-                self.relay.answer.remote(step, self._decide(step, values))
-
-    def _decide(self, step: int, values: list) -> bool:
-        self.search_trial.history.append((step, values))
-        if len(values) > 1:
-            return False
-        self.optuna_trial.report(values[0], step)
-        return self.optuna_trial.should_prune()
+            for ticket, (step, values) in questions:
+                self.search_trial.history.append((step, values))
+                self.relay.answer.remote(ticket, report_to_optuna(self.optuna_trial, step, values))

@@ -76,6 +76,15 @@ def model_init_trial(trial):
     return trial.user_trial if isinstance(trial, SearchTrial) else trial
 
 
+def report_to_optuna(optuna_trial, step: int, values: list) -> bool:
+    """Report one evaluation to the Optuna trial; True when its pruner stops the trial. Optuna
+    neither reports nor prunes multi-objective trials."""
+    if len(values) > 1:
+        return False
+    optuna_trial.report(values[0], step)
+    return optuna_trial.should_prune()
+
+
 class OptunaReporter:
     def __init__(self, optuna_trial):
         self.optuna_trial = optuna_trial
@@ -83,10 +92,7 @@ class OptunaReporter:
     def report(self, trainer, step, values, metrics):
         import optuna
 
-        if len(values) > 1:  # Optuna does not report (or prune) multi-objective trials
-            return
-        self.optuna_trial.report(values[0], step)
-        if self.optuna_trial.should_prune():
+        if report_to_optuna(self.optuna_trial, step, values):
             raise optuna.TrialPruned(f"pruned at step {step} with objective {values[0]:.6g}")
 
 

@@ -7,13 +7,13 @@ trial in this process (it is warm: nothing to start) and every other one in a ``
 Ray actor on this machine that keeps its torch and the shipped Trainer blueprint between trials.
 
 The Optuna study stays in the driver (its storage may be in memory). A trial in a process asks
-the driver through its ``Mailbox`` whenever it needs the study: after each evaluation (report,
-then should it stop?) and when ``model_init(trial)`` suggests a value. The driver's Optuna thread
-serving that trial long-polls the mailbox, so an answer comes back within one round trip.
+the driver through its ``Mailbox`` (``hpo.relay``) whenever it needs the study: after each
+evaluation (report, then should it stop?) and when ``model_init(trial)`` suggests a value. The
+driver's Optuna thread serving that trial long-polls the mailbox, so an answer comes back within
+one round trip.
 """
 
 import dataclasses
-import itertools
 import os
 import queue
 import threading
@@ -22,46 +22,11 @@ import traceback
 import ray
 import torch
 
+from .relay import Mailbox
 from .runner import run_trial
+from .trial import report_to_optuna
 
 _POLL_S = 1.0  # how long one driver poll waits for a question (the trial's end wakes it at once)
-
-
-class Mailbox:
-    """Questions of one trial to the driver, and their answers (thread-safe, in the trial's process)."""
-
-    def __init__(self):
-        self._condition = threading.Condition()
-        self._questions = []
-        self._answers = {}
-        self._tickets = itertools.count()
-        self.closed = False
-
-    def ask(self, question):
-        with self._condition:
-            ticket = next(self._tickets)
-            self._questions.append((ticket, question))
-            self._condition.notify_all()
-            self._condition.wait_for(lambda: ticket in self._answers)
-            return self._answers.pop(ticket)
-
-    def take(self, timeout: float):
-        """``(questions, closed)``: what was asked since the last call, waiting up to ``timeout``
-        for a first question or for the trial's end."""
-        with self._condition:
-            self._condition.wait_for(lambda: self._questions or self.closed, timeout=timeout)
-            questions, self._questions = self._questions, []
-            return questions, self.closed
-
-    def answer(self, ticket: int, value) -> None:
-        with self._condition:
-            self._answers[ticket] = value
-            self._condition.notify_all()
-
-    def close(self) -> None:
-        with self._condition:
-            self.closed = True
-            self._condition.notify_all()
 
 
 class MailboxReporter:
@@ -231,10 +196,7 @@ def _answer(question, trial, optuna_trial):
     if kind == "report":
         _, step, values = question
         trial.history.append((step, values))
-        if len(values) > 1:  # Optuna neither reports nor prunes multi-objective trials
-            return False
-        optuna_trial.report(values[0], step)
-        return optuna_trial.should_prune()
+        return report_to_optuna(optuna_trial, step, values)
     _, method, name, args, kwargs = question
     try:
         return getattr(optuna_trial, method)(name, *args, **kwargs)
