@@ -9,7 +9,6 @@ driver's display; callbacks other than the display ones fire on the workers, as 
 """
 
 import dataclasses
-import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,9 +19,9 @@ import ray
 from ..data import streaming
 from ..data.stream_shards import torch_trainer_data
 from ..state import TrainerState
-from .channel import DriverDisplay, open_run_link
+from .channel import open_run_link
 from .payload import blueprint_of, put_blueprint
-from .ray_session import ensure_ray, quiet_datasets, quiet_run_config
+from .ray_session import ensure_ray, quiet_run_config
 
 
 @dataclass
@@ -41,6 +40,7 @@ def evaluate_on_workers(trainer, method: str, kwargs: dict):
     from ray.train.torch import TorchTrainer
 
     from .worker_entry import remote_eval_loop
+    from .workers import fit_for_result
 
     for value in kwargs.values():
         if streaming.is_stream(value):
@@ -55,17 +55,11 @@ def evaluate_on_workers(trainer, method: str, kwargs: dict):
     run_config = quiet_run_config(RunConfig(name="eval", storage_path=storage), trainer.args)
     data = torch_trainer_data(trainer, trainer.scaling_config)
     try:
-        with DriverDisplay(trainer, channel), quiet_datasets(data.get("datasets", {}), trainer.args):
-            TorchTrainer(remote_eval_loop, train_loop_config={"job": job}, scaling_config=trainer.scaling_config,
-                         run_config=run_config, **data).fit()
-    except ray.train.TrainingFailedError as error:
-        from .workers import worker_exception
-
-        channel.forget()
-        raise worker_exception(error) from error
+        torch_trainer = TorchTrainer(remote_eval_loop, train_loop_config={"job": job},
+                                     scaling_config=trainer.scaling_config, run_config=run_config, **data)
+        result = fit_for_result(trainer, torch_trainer, channel, data.get("datasets", {}))
     finally:
         shutil.rmtree(storage, ignore_errors=True)
-    result = pickle.loads(channel.take_result())
     logged_before = len(trainer.state.log_history)
     trainer.state = TrainerState(**result["state"])  # the evaluation's log entry included
     _report_to_tracking(trainer, trainer.state.log_history[logged_before:])

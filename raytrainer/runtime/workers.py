@@ -30,14 +30,20 @@ def run_on_workers(trainer, scaling_config, request) -> TrainOutput:
     data = torch_trainer_data(trainer, scaling_config)  # Ray Data streams: workers read get_dataset_shard(name)
     torch_trainer = TorchTrainer(remote_train_loop, train_loop_config={"job": job}, scaling_config=scaling_config,
                                  run_config=run_config, **data)
+    return _apply_result(trainer, fit_for_result(trainer, torch_trainer, channel, data.get("datasets", {})))
+
+
+def fit_for_result(trainer, torch_trainer, channel, datasets: dict):
+    """Fit, showing the run's progress from ``channel``; returns what rank 0 of this run's own
+    workers sent home. A failed run raises the user's exception (``worker_exception``) and its
+    leftovers on the channel are dropped."""
     try:
-        with DriverDisplay(trainer, channel), quiet_datasets(data.get("datasets", {}), trainer.args):
+        with DriverDisplay(trainer, channel), quiet_datasets(datasets, trainer.args):
             torch_trainer.fit()
     except ray.train.TrainingFailedError as error:
         channel.forget()
         raise worker_exception(error) from error
-    result = pickle.loads(channel.take_result())  # rank 0 of this run's own workers
-    return _apply_result(trainer, result)
+    return pickle.loads(channel.take_result())
 
 
 def worker_exception(error):
