@@ -147,9 +147,23 @@ def test_a_worker_error_reaches_the_driver_as_itself_and_the_next_run_still_stre
     capsys.readouterr()
     # the driver's channel actor forgot the failed run and serves the next one
     trainer = Trainer(model=RegressionModel(), args=_args(tmp_path / "next", 4, eval_strategy="no", max_steps=4),
-                      train_dataset=train, scaling_config=ScalingConfig(num_workers=1))
+                      train_dataset=train, scaling_config=ScalingConfig(num_workers=1),
+                      callbacks=[RecordPollInterval(str(tmp_path / "interval"))])
     assert trainer.train().global_step == 4
     assert "'loss':" in capsys.readouterr().out  # its logs came through the channel, live
+    # raytrainer's fits poll their workers every 0.5 s (Ray hands the setting to controller and workers)
+    assert (tmp_path / "interval").read_text() == "0.5"
+
+
+class RecordPollInterval(TrainerCallback):
+    """On the worker: the health-check interval that Ray Train handed down to this run."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        with open(self.path, "w") as f:
+            f.write(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "unset"))
 
 
 TWO_SESSIONS = """

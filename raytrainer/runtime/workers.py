@@ -2,6 +2,7 @@
 workers' progress live, and bring the trained state back (with the weights of a replicated model;
 a sharded model's consolidated weights stay in storage, see ``final_model_dir``)."""
 
+import contextlib
 import pickle
 
 import ray
@@ -13,6 +14,7 @@ from ..modeling import unwrap_model
 from ..outputs import TrainOutput
 from ..state import TrainerState
 from .channel import DriverDisplay, open_run_link
+from .controller_polls import prompt_worker_polls
 from .jobs import RemoteJob, default_run_config, new_run_id
 from .payload import blueprint_of, put_blueprint
 from .ray_session import ensure_ray, quiet_datasets, quiet_run_config
@@ -36,13 +38,16 @@ def run_on_workers(trainer, scaling_config, request) -> TrainOutput:
 def fit_for_result(trainer, torch_trainer, channel, datasets: dict):
     """Fit, showing the run's progress from ``channel``; returns what rank 0 of this run's own
     workers sent home. A failed run raises the user's exception (``worker_exception``) and its
-    leftovers on the channel are dropped."""
+    leftovers on the channel are dropped (also when the run is interrupted: Ctrl-C in a notebook)."""
     try:
-        with DriverDisplay(trainer, channel), quiet_datasets(datasets, trainer.args):
+        with DriverDisplay(trainer, channel), quiet_datasets(datasets, trainer.args), prompt_worker_polls():
             torch_trainer.fit()
-    except ray.train.TrainingFailedError as error:
-        channel.forget()
-        raise worker_exception(error) from error
+    except BaseException as error:
+        with contextlib.suppress(Exception):  # the run's own error is the one the user must see
+            channel.forget()
+        if isinstance(error, ray.train.TrainingFailedError):
+            raise worker_exception(error) from error
+        raise
     return pickle.loads(channel.take_result())
 
 
