@@ -16,32 +16,31 @@ so it is set in this process's environment while raytrainer's fits run (runs sid
 one setting) and removed when the last one ends.
 """
 
-import contextlib
 import os
-import threading
+
+from .shared_setting import SharedSetting
 
 HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 POLL_INTERVAL_S = "0.5"
 
-_LOCK = threading.Lock()
-_RUNS = {"count": 0, "set_here": False}
+
+def _poll_sooner() -> bool:
+    """Sets the interval unless the user did; True when it was set here."""
+    if HEALTH_CHECK_INTERVAL_ENV in os.environ:
+        return False
+    os.environ[HEALTH_CHECK_INTERVAL_ENV] = POLL_INTERVAL_S
+    return True
 
 
-@contextlib.contextmanager
+def _poll_as_before(set_here: bool) -> None:
+    if set_here:
+        os.environ.pop(HEALTH_CHECK_INTERVAL_ENV, None)
+
+
+_PROMPT_POLLS = SharedSetting(_poll_sooner, _poll_as_before)
+
+
 def prompt_worker_polls():
     """While the block runs, Ray Train controllers started from this process poll every
     ``POLL_INTERVAL_S`` (unless ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` was set by the user)."""
-    with _LOCK:
-        if _RUNS["count"] == 0:
-            _RUNS["set_here"] = HEALTH_CHECK_INTERVAL_ENV not in os.environ
-            if _RUNS["set_here"]:
-                os.environ[HEALTH_CHECK_INTERVAL_ENV] = POLL_INTERVAL_S
-        _RUNS["count"] += 1
-    try:
-        yield
-    finally:
-        with _LOCK:
-            _RUNS["count"] -= 1
-            if _RUNS["count"] == 0 and _RUNS["set_here"]:
-                os.environ.pop(HEALTH_CHECK_INTERVAL_ENV, None)
-                _RUNS["set_here"] = False
+    return _PROMPT_POLLS.held()

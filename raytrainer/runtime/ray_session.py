@@ -11,8 +11,9 @@ import importlib.util
 import logging
 import os
 import sys
-import threading
 from typing import Optional
+
+from .shared_setting import SharedSetting
 
 RAY_LOGS_ENV = "RAYTRAINER_RAY_LOGS"
 # Loggers whose INFO lines are Ray's bookkeeping rather than the user's run.
@@ -107,10 +108,6 @@ def quiet_run_config(run_config, args=None):
     return dataclasses.replace(run_config, logging_config=LoggingConfig(log_level="WARNING"))
 
 
-_QUIET_LOCK = threading.Lock()
-_QUIET = {"depth": 0, "saved": None}  # runs side by side (Optuna's n_jobs) share the loggers
-
-
 @contextlib.contextmanager
 def quiet_ray(args=None):
     """Ray's INFO lines and Ray Data's progress bars off in this process for the block, unless
@@ -119,17 +116,8 @@ def quiet_ray(args=None):
     if ray_logs_wanted(args):
         yield
         return
-    with _QUIET_LOCK:
-        if _QUIET["depth"] == 0:
-            _QUIET["saved"] = _silence()
-        _QUIET["depth"] += 1
-    try:
+    with _QUIET.held():
         yield
-    finally:
-        with _QUIET_LOCK:
-            _QUIET["depth"] -= 1
-            if _QUIET["depth"] == 0:
-                _restore(_QUIET.pop("saved"))
 
 
 class _WithoutBarsNotice(logging.Filter):
@@ -159,6 +147,9 @@ def _restore(saved) -> None:
     _data_logger().removeFilter(_BARS_NOTICE)
     if data_context is not None:
         data_context.enable_progress_bars = bars
+
+
+_QUIET = SharedSetting(_silence, _restore)
 
 
 def _data_logger() -> logging.Logger:
