@@ -13,7 +13,6 @@ import threading
 
 import ray
 
-from .trial import report_to_optuna
 
 _ANSWER_TIMEOUT_S = 600.0  # a driver that stopped answering must not hang the workers forever
 
@@ -104,5 +103,5 @@ class RelayServer:
             except ray.exceptions.RayError:
                 return
             for ticket, (step, values) in questions:
-                self.search_trial.history.append((step, values))
-                self.relay.answer.remote(ticket, report_to_optuna(self.optuna_trial, step, values))
+                prune = self.search_trial.report_from_elsewhere(self.optuna_trial, step, values)
+                self.relay.answer.remote(ticket, prune)

@@ -58,6 +58,13 @@ class SearchTrial:
         trainer.objective = values[0] if self.num_objectives == 1 else values  # HF's attribute
         self.reporter.report(trainer, step, values, metrics)
 
+    def report_from_elsewhere(self, optuna_trial, step: int, values: list) -> bool:
+        """An evaluation of this trial made in another process (Ray Train workers, a trial process),
+        received by the driver: kept in this trial's history and reported to its Optuna trial; True
+        when the pruner stops the trial."""
+        self.history.append((step, values))
+        return report_to_optuna(optuna_trial, step, values)
+
     def sampled_hyperparameters(self) -> dict:
         """Everything sampled so far: the space's values, plus what ``model_init(trial)`` itself
         suggested on an Optuna trial."""

@@ -24,7 +24,6 @@ import torch
 
 from .relay import Mailbox
 from .runner import run_trial
-from .trial import report_to_optuna
 
 _POLL_S = 1.0  # how long one driver poll waits for a question (the trial's end wakes it at once)
 
@@ -195,8 +194,7 @@ def _answer(question, trial, optuna_trial):
     kind = question[0]
     if kind == "report":
         _, step, values = question
-        trial.history.append((step, values))
-        return report_to_optuna(optuna_trial, step, values)
+        return trial.report_from_elsewhere(optuna_trial, step, values)
     _, method, name, args, kwargs = question
     try:
         return getattr(optuna_trial, method)(name, *args, **kwargs)
