@@ -240,12 +240,11 @@ def test_a_script_on_two_workers_is_quiet_and_its_token_loss_does_not_scale_with
     result = json.loads(next(line for line in printed if line.startswith("RESULT "))[len("RESULT "):])
     ours = [line for line in printed if line.startswith("{'loss'") or line.startswith("{'train_runtime'")]
     assert len(ours) == 4
-    # allowed: torch's DDP hint (as under transformers) and one Ray C++ core notice that Python
-    # logging cannot reach; nothing else of Ray's (local-mode notices, reports, helper actors)
-    allowed = ("reducer.cpp", "'PreemptionWatcher'")
+    # allowed: torch's DDP hint (as under transformers); nothing of Ray's (local-mode notices,
+    # reports, helper actors, its core's notice about Ray Train's preemption watcher)
     others = [line for line in printed if line not in ours and not line.startswith("RESULT ")]
-    assert [line for line in others if not any(marker in line for marker in allowed)] == [], others[:10]
-    assert len(others) <= 3
+    assert [line for line in others if "reducer.cpp" not in line] == [], others[:10]
+    assert len(others) <= 2
 
     torch.manual_seed(0)
     model = TokenModel()

@@ -67,3 +67,31 @@ def test_nested_and_overlapping_quiet_blocks_restore_once():
         assert logger.level == logging.INFO
     finally:
         logger.setLevel(logging.NOTSET)
+
+
+def test_the_driver_drops_rays_preemption_watcher_notice_while_quiet_and_keeps_the_users_skip_pattern(monkeypatch):
+    """Ray's core logs an ERROR line in the controller of every run on workers (its preemption
+    watcher has arguments in the object store); the driver prints the workers' lines through Ray's
+    deduplicators, which drop it while raytrainer runs quietly. A worker's own lines still come."""
+    import re
+
+    from ray._private import ray_logging
+
+    monkeypatch.delenv(RAY_LOGS_ENV, raising=False)
+    notice = ("[2026-12-01 10:40:41,297 E 3007 3068] core_worker.cc:2465: Actor with class name: 'PreemptionWatcher' "
+              "and ID: 'cf5d4bda8b159311542adcb201000000' has constructor arguments in the object store and "
+              "max_restarts > 0. If the arguments in the object store go out of scope ...")
+    users = re.compile("my noisy library")
+    monkeypatch.setattr(ray_logging.stderr_deduplicator, "skip_re", users)
+
+    def printed(pid, word):  # a worker's lines as the driver prints them (Ray's dedup ignores numbers: words)
+        lines = [notice, f"the worker says {word}", "my noisy library says hi"]
+        batches = ray_logging.stderr_deduplicator.deduplicate({"ip": "10.0.0.1", "pid": pid, "lines": lines})
+        return [line for batch in batches for line in batch["lines"]]
+
+    with quiet_ray():
+        assert printed(1, "hello") == ["the worker says hello"]
+    assert ray_logging.stderr_deduplicator.skip_re is users
+    assert printed(2, "goodbye") == [notice, "the worker says goodbye"]
+    with quiet_ray(TrainingArguments(output_dir="unused", log_level="debug", report_to="none")):
+        assert ray_logging.stderr_deduplicator.skip_re is users  # asked for: Ray's lines come

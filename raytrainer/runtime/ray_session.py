@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import re
 import sys
 from typing import Optional
 
@@ -22,6 +23,10 @@ _RAY_LOGGERS = ("ray.train", "ray.tune", "ray.data")
 # without it, it warns twice a second in every multi-worker run. Nothing is wrong for the user.
 _NOISY_WORKER_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
 _NO_API_SERVER = "http://127.0.0.1:9"  # the discard port: nothing answers, requests fail at once
+# Lines of Ray's own processes that reach the driver's console and ask nothing of the user. Ray's
+# core logs an ERROR for every actor created with arguments in the object store and restarts
+# allowed; Ray Train's preemption watcher is one, started with every run on workers.
+_RAY_NOTICES = r"Actor with class name: 'PreemptionWatcher' .*has constructor arguments in the object store"
 
 
 def ray_logs_wanted(args=None) -> bool:
@@ -116,7 +121,9 @@ def quiet_ray(args=None):
     if ray_logs_wanted(args):
         yield
         return
-    with _QUIET.held():
+    # the lines of Ray's processes reach this process only through a Ray it has joined
+    notices = _NOTICES.held() if "ray" in sys.modules else contextlib.nullcontext()
+    with _QUIET.held(), notices:
         yield
 
 
@@ -150,6 +157,32 @@ def _restore(saved) -> None:
 
 
 _QUIET = SharedSetting(_silence, _restore)
+
+
+def _skip_notices():
+    """The driver prints what Ray's processes print through two deduplicators (stdout, stderr),
+    which drop the lines their ``skip_re`` matches (``RAY_DEDUP_LOGS_SKIP_REGEX``, kept)."""
+    try:
+        from ray._private import ray_logging
+    except ImportError:
+        return []
+    saved = []
+    for deduplicator in (ray_logging.stdout_deduplicator, ray_logging.stderr_deduplicator):
+        if not hasattr(deduplicator, "skip_re"):  # another Ray version: its lines stay
+            continue
+        previous = deduplicator.skip_re
+        pattern = _RAY_NOTICES if previous is None else f"(?:{previous.pattern})|(?:{_RAY_NOTICES})"
+        deduplicator.skip_re = re.compile(pattern)
+        saved.append((deduplicator, previous))
+    return saved
+
+
+def _show_notices(saved) -> None:
+    for deduplicator, previous in saved:
+        deduplicator.skip_re = previous
+
+
+_NOTICES = SharedSetting(_skip_notices, _show_notices)
 
 
 def _data_logger() -> logging.Logger:

@@ -17,7 +17,7 @@ from .channel import DriverDisplay, open_run_link
 from .controller_polls import prompt_worker_polls
 from .jobs import RemoteJob, default_run_config, new_run_id
 from .payload import blueprint_of, put_blueprint
-from .ray_session import ensure_ray, quiet_datasets, quiet_run_config
+from .ray_session import ensure_ray, quiet_datasets, quiet_ray, quiet_run_config
 from .run_snapshot import forget_earlier_runs
 from .worker_entry import remote_train_loop
 
@@ -40,7 +40,8 @@ def fit_for_result(trainer, torch_trainer, channel, datasets: dict):
     workers sent home. A failed run raises the user's exception (``worker_exception``) and its
     leftovers on the channel are dropped (also when the run is interrupted: Ctrl-C in a notebook)."""
     try:
-        with DriverDisplay(trainer, channel), quiet_datasets(datasets, trainer.args), prompt_worker_polls():
+        with DriverDisplay(trainer, channel), quiet_ray(trainer.args), quiet_datasets(datasets, trainer.args), \
+                prompt_worker_polls():
             torch_trainer.fit()
     except BaseException as error:
         with contextlib.suppress(Exception):  # the run's own error is the one the user must see
