@@ -174,3 +174,64 @@ def test_a_truncated_shard_file_is_an_error_not_a_silent_partial_load(tmp_path):
     with pytest.raises(CheckpointException, match=r"(?s)failed finding central directory.*checkpoint file is corrupted"):
         sharded.load_sharded_model(other, str(tmp_path))
 
+
+
+@pytest.mark.parametrize("value", [torch.arange(6, dtype=torch.int64), torch.randn(64, 300),
+                                   torch.ones(3, dtype=torch.bfloat16), {"lr": 0.1, "betas": (0.9, 0.99)}],
+                         ids=["small", "data-past-the-peek", "bfloat16", "not-a-tensor"])
+def test_the_archive_directory_read_with_preads_agrees_with_torchs_reader(tmp_path, value):
+    path, begin, length = _archive_file(tmp_path, value)
+    with open(path, "rb", buffering=0) as f:
+        ours = dcp_io._StoredRecords.of(f.fileno(), begin, length)
+        torchs = dcp_io._torch_archive(f, begin, length)
+        names = torchs.get_all_records()  # without the archive's folder
+        assert ours is not None and sorted(names) == sorted(ours._records)
+        for name in names:
+            assert ours.get_record_offset(name) == torchs.get_record_offset(name), name
+            assert ours.get_record(name) == torchs.get_record(name), name
+
+
+def test_an_archive_the_directory_read_does_not_know_goes_to_torchs_reader(tmp_path, monkeypatch):
+    """A truncated archive, one with a comment after its directory, a file that is no archive:
+    ``_StoredRecords.of`` answers None, and the slice is found by torch's own reader (or not at all)."""
+    tensor = torch.arange(12, dtype=torch.float32)
+    path, begin, length = _archive_file(tmp_path, tensor)
+    content = path.read_bytes()
+    with open(path, "rb", buffering=0) as f:
+        assert dcp_io._StoredRecords.of(f.fileno(), begin, length - 1) is None
+    commented = tmp_path / "commented.bin"
+    end = content.rindex(b"PK\x05\x06")
+    commented.write_bytes(content[:end + 20] + (4).to_bytes(2, "little") + b"note")  # a zip comment
+    with open(commented, "rb", buffering=0) as f:
+        assert dcp_io._StoredRecords.of(f.fileno(), begin, length + 4) is None
+        found = dcp_io.stored_slice(f, begin, length + 4, [0], [12])  # torch's reader reads it
+        f.seek(found.offset)
+        assert torch.equal(torch.frombuffer(bytearray(f.read(48)), dtype=torch.float32), tensor)
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(os.urandom(length))
+    with open(garbage, "rb", buffering=0) as f:
+        assert dcp_io._StoredRecords.of(f.fileno(), 0, length) is None
+        assert dcp_io.stored_slice(f, 0, length, [0], [12]) is None
+
+
+def test_a_load_reads_every_archive_directory_with_preads_and_no_collective(tmp_path, monkeypatch):
+    model, optimizer = _sharded_model(seed=0)
+    saved, saved_optimizer = _values(model), _optimizer_values(optimizer)
+    sharded.save_sharded(model, optimizer, str(tmp_path))
+    slow = []
+    original = dcp_io._torch_archive
+    monkeypatch.setattr(dcp_io, "_torch_archive", lambda *a: slow.append(a) or original(*a))
+    other, other_optimizer = _sharded_model(seed=1)
+
+    def collective(*args, **kwargs):
+        raise AssertionError("every rank plans and reads its own slices: no collective")
+
+    with monkeypatch.context() as during_load:
+        for name in ("gather_object", "scatter_object_list", "all_gather_object", "broadcast_object_list", "barrier"):
+            during_load.setattr(dist, name, collective)
+        sharded.load_sharded_model(other, str(tmp_path))
+    sharded.load_sharded_optimizer(other, other_optimizer, str(tmp_path))
+    assert slow == []
+    assert all(torch.equal(value, saved[name]) for name, value in _values(other).items())
+    for mine, theirs in zip(_optimizer_values(other_optimizer), saved_optimizer):
+        assert all(torch.equal(mine[key], theirs[key]) for key in theirs)
