@@ -9,7 +9,7 @@ new buffer (a ``torch.load`` per tensor) and then copies it into the model's or 
 ``DirectReader`` reads each stored tensor's bytes straight into the tensor that receives them.
 DCP stores every tensor as a small ``torch.save`` archive; where its bytes sit comes from the
 archive's zip directory (two or three ``pread``s per archive; torch's own reader, whose many small
-reads cost 4x more, for an archive it does not recognise) and its pickled layout (dtype, shape,
+reads take twice as long, for an archive it does not recognise) and its pickled layout (dtype, shape,
 strides), read without the data. A
 tensor it cannot place exactly (another dtype, a non-contiguous slice, a stream transform, an
 archive it does not recognise) takes DCP's own path.
