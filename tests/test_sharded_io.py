@@ -13,9 +13,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.planner import LoadItemType
-from torch.distributed.checkpoint.state_dict import get_model_state_dict
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-from raytrainer.parallel import dcp_io
+from raytrainer.parallel import dcp_io, torch_archives
 from raytrainer.parallel import sharded_checkpoints as sharded
 from raytrainer.parallel.process_group import ensure_process_group
 
@@ -129,7 +129,7 @@ def test_a_torch_without_the_private_helpers_loads_through_dcps_own_path(tmp_pat
     saved = _values(model)
     sharded.save_sharded(model, None, str(tmp_path))
     other, _ = _sharded_model(seed=1)
-    monkeypatch.setattr(dcp_io, "_create_file_view", None)  # as when the guarded import failed
+    monkeypatch.setattr(dcp_io, "narrow_tensor_by_index", None)  # as when the guarded import failed
     fallbacks = _count_fallbacks(monkeypatch)
     sharded.load_sharded_model(other, str(tmp_path))
     assert len(fallbacks) == len(saved)
@@ -182,8 +182,8 @@ def test_a_truncated_shard_file_is_an_error_not_a_silent_partial_load(tmp_path):
 def test_the_archive_directory_read_with_preads_agrees_with_torchs_reader(tmp_path, value):
     path, begin, length = _archive_file(tmp_path, value)
     with open(path, "rb", buffering=0) as f:
-        ours = dcp_io._StoredRecords.of(f.fileno(), begin, length)
-        torchs = dcp_io._torch_archive(f, begin, length)
+        ours = torch_archives.ArchiveRecords.in_file(f.fileno(), begin, length)
+        torchs = torch_archives.torch_reader(f, begin, length)
         names = torchs.get_all_records()  # without the archive's folder
         assert ours is not None and sorted(names) == sorted(ours._records)
         for name in names:
@@ -193,24 +193,24 @@ def test_the_archive_directory_read_with_preads_agrees_with_torchs_reader(tmp_pa
 
 def test_an_archive_the_directory_read_does_not_know_goes_to_torchs_reader(tmp_path, monkeypatch):
     """A truncated archive, one with a comment after its directory, a file that is no archive:
-    ``_StoredRecords.of`` answers None, and the slice is found by torch's own reader (or not at all)."""
+    ``ArchiveRecords.in_file`` answers None, and the slice is found by torch's own reader (or not at all)."""
     tensor = torch.arange(12, dtype=torch.float32)
     path, begin, length = _archive_file(tmp_path, tensor)
     content = path.read_bytes()
     with open(path, "rb", buffering=0) as f:
-        assert dcp_io._StoredRecords.of(f.fileno(), begin, length - 1) is None
+        assert torch_archives.ArchiveRecords.in_file(f.fileno(), begin, length - 1) is None
     commented = tmp_path / "commented.bin"
     end = content.rindex(b"PK\x05\x06")
     commented.write_bytes(content[:end + 20] + (4).to_bytes(2, "little") + b"note")  # a zip comment
     with open(commented, "rb", buffering=0) as f:
-        assert dcp_io._StoredRecords.of(f.fileno(), begin, length + 4) is None
+        assert torch_archives.ArchiveRecords.in_file(f.fileno(), begin, length + 4) is None
         found = dcp_io.stored_slice(f, begin, length + 4, [0], [12])  # torch's reader reads it
         f.seek(found.offset)
         assert torch.equal(torch.frombuffer(bytearray(f.read(48)), dtype=torch.float32), tensor)
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(os.urandom(length))
     with open(garbage, "rb", buffering=0) as f:
-        assert dcp_io._StoredRecords.of(f.fileno(), 0, length) is None
+        assert torch_archives.ArchiveRecords.in_file(f.fileno(), 0, length) is None
         assert dcp_io.stored_slice(f, 0, length, [0], [12]) is None
 
 
@@ -219,8 +219,8 @@ def test_a_load_reads_every_archive_directory_with_preads_and_no_collective(tmp_
     saved, saved_optimizer = _values(model), _optimizer_values(optimizer)
     sharded.save_sharded(model, optimizer, str(tmp_path))
     slow = []
-    original = dcp_io._torch_archive
-    monkeypatch.setattr(dcp_io, "_torch_archive", lambda *a: slow.append(a) or original(*a))
+    original = dcp_io.torch_reader
+    monkeypatch.setattr(dcp_io, "torch_reader", lambda *a: slow.append(a) or original(*a))
     other, other_optimizer = _sharded_model(seed=1)
 
     def collective(*args, **kwargs):
@@ -235,3 +235,63 @@ def test_a_load_reads_every_archive_directory_with_preads_and_no_collective(tmp_
     assert all(torch.equal(value, saved[name]) for name, value in _values(other).items())
     for mine, theirs in zip(_optimizer_values(other_optimizer), saved_optimizer):
         assert all(torch.equal(mine[key], theirs[key]) for key in theirs)
+
+
+def test_the_writer_writes_the_bytes_dcps_own_writer_writes(tmp_path, monkeypatch):
+    """Model and optimizer shards (tensors and the optimizer's byte items): the same files, byte
+    for byte, as DCP's FileSystemWriter writes with torch's CRC-32 off, and the same index; a
+    second save writes every tensor's archive without torch.save."""
+    model, optimizer = _sharded_model(seed=0)
+    sharded.save_sharded(model, optimizer, str(tmp_path / "ours"))
+    with monkeypatch.context() as counting:
+        saves, torch_save = [], torch.save
+
+        def counted(value, *args, **kwargs):
+            saves.append(value)
+            return torch_save(value, *args, **kwargs)
+
+        counting.setattr(torch, "save", counted)
+        sharded.save_sharded(model, optimizer, str(tmp_path / "again"))
+    assert saves and not any(isinstance(value, torch.Tensor) for value in saves)  # DCP's byte items: the lr, ...
+    with dcp_io._without_crc32():
+        for folder, state in (("pytorch_model_fsdp_0", {"model": get_model_state_dict(model)}),
+                              ("optimizer_0", {"optimizer": get_optimizer_state_dict(model, optimizer)})):
+            path = str(tmp_path / "stock" / folder)
+            dcp.save(state, storage_writer=FileSystemWriter(path, sync_files=False), checkpoint_id=path)
+    for folder in ("pytorch_model_fsdp_0", "optimizer_0"):
+        stock = (tmp_path / "stock" / folder / "__0_0.distcp").read_bytes()
+        for ours in ("ours", "again"):
+            assert (tmp_path / ours / folder / "__0_0.distcp").read_bytes() == stock, (ours, folder)
+            index = FileSystemReader(str(tmp_path / ours / folder)).read_metadata()
+            stock_index = FileSystemReader(str(tmp_path / "stock" / folder)).read_metadata()
+            assert index.storage_data == stock_index.storage_data
+            assert index.state_dict_metadata == stock_index.state_dict_metadata
+
+
+def _torch_save_bytes(value) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("make,templated", [
+    (lambda seed: torch.randn(64, 33, generator=torch.Generator().manual_seed(seed)), True),
+    (lambda seed: torch.randn(5, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16), True),
+    (lambda seed: torch.tensor(seed + 3, dtype=torch.int64), True),  # 0-dim
+    (lambda seed: torch.empty(0, 4), True),
+    (lambda seed: torch.full((3, 2), float(seed)).requires_grad_(), True),
+    (lambda seed: torch.arange(20.0)[seed:seed + 5], False),  # a view of a larger storage: torch.save writes it all
+    (lambda seed: torch.randn(4, 6, generator=torch.Generator().manual_seed(seed)).t(), False),  # not contiguous
+    (lambda seed: torch.nn.Parameter(torch.ones(3) * seed), False),  # a subclass: pickled another way
+], ids=["float32", "bfloat16", "scalar", "empty", "requires-grad", "view", "transposed", "parameter"])
+def test_an_archive_written_here_is_torch_saves_byte_for_byte(make, templated):
+    writer = torch_archives.ArchiveWriter()
+    with dcp_io._without_crc32():
+        for seed in (0, 1, 2):  # the first of a layout, then two more of the same layout
+            value = make(seed)
+            stream = io.BytesIO()
+            writer.write(stream, value)
+            assert stream.getvalue() == _torch_save_bytes(value), seed
+            loaded = torch.load(io.BytesIO(stream.getvalue()), weights_only=True)
+            assert torch.equal(loaded, value) and loaded.requires_grad == value.requires_grad
+    assert len(writer._around) == (1 if templated else 0)  # one layout: written around after its first
