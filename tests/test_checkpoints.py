@@ -270,3 +270,31 @@ def test_a_failed_load_leaves_the_model_untouched(tmp_path):
     with pytest.raises(RuntimeError, match="does not fit"):
         load_weights(wider, str(tmp_path))
     assert all(torch.equal(a, b) for a, b in zip(before, wider.parameters()))
+
+
+def test_a_tensor_larger_than_one_read_loads_whole_and_a_short_file_is_an_error(tmp_path, monkeypatch):
+    """One read returns at most about 2 GiB on Linux: a larger tensor (an fp32 embedding of a large
+    vocabulary) takes several reads. Here every read returns at most 1000 bytes."""
+    from raytrainer.checkpoints import file_reads
+    from raytrainer.checkpoints.safetensors_io import read_safetensors, write_safetensors
+
+    original = file_reads._pread_into
+    calls = []
+
+    def short_reads(fd, view, offset):
+        calls.append(offset)
+        return original(fd, view[:1000], offset)
+
+    monkeypatch.setattr(file_reads, "_pread_into", short_reads)
+    weights = {"embedding": torch.randn(50, 40), "bias": torch.arange(7, dtype=torch.int64)}
+    path = str(tmp_path / "model.safetensors")
+    write_safetensors(path, weights)
+    target = torch.empty(50, 40)
+    loaded = read_safetensors(path, into={"embedding": target})
+    assert loaded["embedding"] is target and torch.equal(target, weights["embedding"])
+    assert torch.equal(loaded["bias"], weights["bias"])
+    assert len(calls) == 8 + 1  # 8000 bytes in eight reads, 56 in one
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 3)
+    with pytest.raises(ValueError, match=r"model\.safetensors is truncated: tensor bias needs bytes"):
+        read_safetensors(path)

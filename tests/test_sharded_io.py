@@ -295,3 +295,17 @@ def test_an_archive_written_here_is_torch_saves_byte_for_byte(make, templated):
             loaded = torch.load(io.BytesIO(stream.getvalue()), weights_only=True)
             assert torch.equal(loaded, value) and loaded.requires_grad == value.requires_grad
     assert len(writer._around) == (1 if templated else 0)  # one layout: written around after its first
+
+
+def test_a_shard_larger_than_one_read_loads_whole(tmp_path, monkeypatch):
+    from raytrainer.checkpoints import file_reads
+
+    model, _ = _sharded_model(seed=0)
+    saved = _values(model)
+    sharded.save_sharded(model, None, str(tmp_path))
+    original = file_reads._pread_into
+    monkeypatch.setattr(file_reads, "_pread_into", lambda fd, view, offset: original(fd, view[:100], offset))
+    other, _ = _sharded_model(seed=1)
+    fallbacks = _count_fallbacks(monkeypatch)
+    sharded.load_sharded_model(other, str(tmp_path))
+    assert fallbacks == [] and all(torch.equal(value, saved[name]) for name, value in _values(other).items())

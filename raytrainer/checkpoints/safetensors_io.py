@@ -12,6 +12,8 @@ import struct
 
 import torch
 
+from .file_reads import read_into
+
 _DTYPE_NAMES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
@@ -75,8 +77,7 @@ def read_safetensors(path: str, into: dict = None) -> dict:
             if not (target is not None and target.dtype == dtype and tuple(target.shape) == shape
                     and target.device.type == "cpu" and target.is_contiguous()):
                 target = torch.empty(shape, dtype=dtype)
-            f.seek(start + begin)
-            if end > begin and f.readinto(_as_bytes(target)) != end - begin:
+            if end > begin and read_into(f.fileno(), start + begin, _as_bytes(target)) != end - begin:
                 raise ValueError(f"{path} is truncated: tensor {name} needs bytes {begin}-{end} of the data section.")
             result[name] = target
     return result

@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.planner import LoadItemType, WriteItemType
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
+from ..checkpoints.file_reads import read_into
 from .torch_archives import ArchiveRecords, ArchiveWriter, tensor_layout, torch_reader
 
 try:  # private parts of torch: without them, every tensor is read through DCP's own reader
@@ -116,7 +117,7 @@ def _without_crc32():
 
 
 class DirectReader(FileSystemReader):
-    """``FileSystemReader`` that reads each tensor into its destination with one ``readinto``."""
+    """``FileSystemReader`` that reads each tensor's bytes straight into its destination."""
 
     def read_data(self, plan, planner):
         per_file = {}
@@ -148,8 +149,7 @@ class DirectReader(FileSystemReader):
             return False
         nbytes = target.numel() * target.element_size()
         if nbytes:
-            file.seek(place.offset)
-            if file.readinto(memoryview(target.view(-1).view(torch.uint8).numpy())) != nbytes:
+            if read_into(file.fileno(), place.offset, memoryview(target.view(-1).view(torch.uint8).numpy())) != nbytes:
                 raise ValueError(f"{file.name} is truncated: {request.storage_index.fqn} needs {nbytes} bytes at "
                                  f"offset {place.offset}.")
         planner.commit_tensor(request, target)
