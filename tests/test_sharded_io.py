@@ -283,8 +283,10 @@ def _torch_save_bytes(value) -> bytes:
     (lambda seed: torch.arange(20.0)[seed:seed + 5], False),  # a view of a larger storage: torch.save writes it all
     (lambda seed: torch.randn(4, 6, generator=torch.Generator().manual_seed(seed)).t(), False),  # not contiguous
     (lambda seed: torch.nn.Parameter(torch.ones(3) * seed), False),  # a subclass: pickled another way
-], ids=["float32", "bfloat16", "scalar", "empty", "requires-grad", "view", "transposed", "parameter"])
-def test_an_archive_written_here_is_torch_saves_byte_for_byte(make, templated):
+    (lambda seed: torch.randn(3000, generator=torch.Generator().manual_seed(seed)), False),  # over LARGEST here
+], ids=["float32", "bfloat16", "scalar", "empty", "requires-grad", "view", "transposed", "parameter", "large"])
+def test_an_archive_written_here_is_torch_saves_byte_for_byte(make, templated, monkeypatch):
+    monkeypatch.setattr(torch_archives.ArchiveWriter, "LARGEST", 10_000)  # bytes: 3000 floats are large here
     writer = torch_archives.ArchiveWriter()
     with dcp_io._without_crc32():
         for seed in (0, 1, 2):  # the first of a layout, then two more of the same layout

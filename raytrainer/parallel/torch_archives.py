@@ -7,7 +7,8 @@ many small reads of a Python file object (some 80 µs per archive); ``ArchiveRec
 same directory with two or three ``pread``s. torch.save pickles the tensor and writes seven
 records through Python calls (some 0.3 ms per tensor, where writing the bytes of a 1 MB tensor
 into the page cache takes about as long); ``ArchiveWriter`` writes, for every tensor whose layout
-it has seen, the bytes torch.save wrote for the first one around the new tensor's own bytes.
+it has seen, the bytes torch.save wrote for the first one around the new tensor's own bytes
+(tensors up to 16 MiB: a larger one's per-call cost is lost in its bytes' writing).
 Without a CRC-32 (DCP's writer here turns it off) torch.save's archive is the same for tensors of
 one layout except for the tensor's bytes: its serialization id derives from the records' names and
 CRC-32s. Anything unusual takes torch's own code.
@@ -160,12 +161,15 @@ class ArchiveWriter:
     turns it off): with one, every archive differs."""
 
     _MOST_LAYOUTS = 4096  # a model has a few dozen shapes; this only bounds a pathological case
+    # the first archive of a layout is made in memory: a large tensor's goes straight to the stream
+    # (its bytes take far longer to write than torch.save's per-call work)
+    LARGEST = 16 << 20
 
     def __init__(self):
         self._around = {}  # layout key -> (archive bytes before the tensor's, archive bytes after)
 
     def write(self, stream, tensor: torch.Tensor) -> None:
-        key = _layout_key(tensor)
+        key = _layout_key(tensor) if tensor.nbytes <= self.LARGEST else None
         if key is None:
             torch.save(tensor, stream)
             return
