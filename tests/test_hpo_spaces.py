@@ -255,3 +255,30 @@ def test_results_table_csv_json_and_plot(tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     two = table_rows([TrialRecord("0", "run-0", "complete", objective=[1.0, 2.0])], ["minimize", "maximize"])
     assert (two[0]["objective_0"], two[0]["objective_1"]) == (1.0, 2.0)
+
+
+def test_trial_lines_print_each_finished_trial_once_with_its_status(capsys):
+    """The quiet Ray Tune console: Tune asks its progress reporter after every step of its loop."""
+    from types import SimpleNamespace
+
+    from ray.tune.experiment import Trial
+
+    from raytrainer.hpo.trial_lines import TrialLines
+
+    def trial(trial_id, status, objective=None):
+        result = {"step": 12, "objective": objective} if objective is not None else {}
+        return SimpleNamespace(trial_id=trial_id, status=status, last_result=result, config={"lr": trial_id})
+
+    lines = TrialLines(lambda config: {"learning_rate": config["lr"]})
+    running = [trial("a", Trial.RUNNING), trial("b", Trial.PENDING)]
+    assert not lines.should_report(running)
+    step = [trial("a", Trial.TERMINATED, 0.25), trial("b", Trial.RUNNING)]
+    assert lines.should_report(step)
+    lines.report(step, False)
+    assert not lines.should_report(step)  # printed once
+    end = [trial("a", Trial.TERMINATED, 0.25), trial("b", Trial.ERROR)]
+    assert lines.should_report(end, done=True)
+    lines.report(end, True)
+    assert capsys.readouterr().out.splitlines() == [
+        "trial a complete at step 12: objective=0.25 (learning_rate=a)",
+        "trial b failed at step ?: no objective (learning_rate=b)"]

@@ -72,11 +72,13 @@ def run_ray_search(setup, space, n_trials: int, hp_name, options: dict):
     storage_path = os.path.abspath(options.get("storage_path") or setup.output_dir)
     name = options.get("name") or "hp_search"
     quiet = "verbose" not in options and not ray_logs_wanted(setup.base_args)
-    callbacks = list(options.get("callbacks") or []) + ([TrialLines(sampled_values)] if quiet else [])
+    # quiet: Tune's classic console (see _tune_console) at its lowest level that still asks the
+    # progress reporter, which prints one line per finished trial
+    reporter = options.get("progress_reporter") or (TrialLines(sampled_values) if quiet else None)
     run_config = tune.RunConfig(
         name=name, storage_path=storage_path, failure_config=tune.FailureConfig(max_failures=options.get("max_failures", 0)),
-        callbacks=callbacks, verbose=0 if quiet else options.get("verbose"), stop=options.get("stop"),
-        progress_reporter=options.get("progress_reporter"),
+        callbacks=options.get("callbacks"), verbose=1 if quiet else options.get("verbose"), stop=options.get("stop"),
+        progress_reporter=reporter,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=TUNE_CHECKPOINTS_KEPT if population_based else None),
     )
     path = os.path.join(storage_path, name)
@@ -91,9 +93,10 @@ def run_ray_search(setup, space, n_trials: int, hp_name, options: dict):
 
 @contextlib.contextmanager
 def _tune_console(quiet: bool):
-    """Tune's newer console output prints an experiment table and result paths even at
-    ``verbose=0``; its classic reporter is silent there. ``RAY_AIR_NEW_OUTPUT=0`` (Ray's own
-    switch) picks the classic one while the search runs."""
+    """Tune's newer console output prints an experiment table and result paths at any verbosity
+    and ignores a progress reporter; its classic console, at ``verbose=1``, prints only what the
+    progress reporter prints. ``RAY_AIR_NEW_OUTPUT=0`` (Ray's own switch) picks the classic one
+    while the search runs."""
     if not quiet:
         yield
         return
