@@ -9,8 +9,7 @@ package's modules (a Ray helper process running the worker set-up hook or holdin
 channel, a command's ``--help``) does not import torch and the Trainer with it.
 """
 
-import importlib
-import importlib.util
+from ._lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -40,17 +39,4 @@ _MODULE_OF = {
 __all__ = sorted(_MODULE_OF)
 
 
-def __getattr__(name: str):
-    module = _MODULE_OF.get(name)
-    if module is not None:
-        value = getattr(importlib.import_module(module, __name__), name)
-    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        value = importlib.import_module(f".{name}", __name__)  # raytrainer.callbacks, as before
-    else:
-        raise AttributeError(f"module 'raytrainer' has no attribute {name!r}")
-    globals()[name] = value  # later lookups are plain attribute reads
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_MODULE_OF))
+__getattr__, __dir__ = lazy_names(__name__, _MODULE_OF, globals(), subpackages=True)

@@ -263,7 +263,7 @@ def test_trial_lines_print_each_finished_trial_once_with_its_status(capsys):
 
     from ray.tune.experiment import Trial
 
-    from raytrainer.hpo.trial_lines import TrialLines
+    from raytrainer.hpo.backends.tune_lines import TrialLines
 
     def trial(trial_id, status, objective=None):
         result = {"step": 12, "objective": objective} if objective is not None else {}

@@ -81,6 +81,27 @@ def test_ray_helper_processes_load_raytrainer_modules_without_torch(tmp_path):
     assert done.stdout.split() == ["False", "True", "raytrainer.trainer", "TrainerCallback"]
 
 
+COMMAND_LINE = """
+import json, sys
+from raytrainer.cli import main
+folder = sys.argv[1]
+with open(folder + "/trainer_state.json", "w") as f:
+    json.dump({"global_step": 3, "log_history": [{"loss": 0.5, "step": 3}]}, f)
+status = main(["results", folder])
+print("LOADED", sorted(name for name in ("torch", "ray", "optuna", "matplotlib") if name in sys.modules), status)
+"""
+
+
+def test_the_command_line_shows_results_without_importing_torch_or_ray(tmp_path):
+    """``raytrainer --help`` and ``raytrainer results`` took 1.5 s to import torch through the search
+    package; they need neither torch nor Ray."""
+    done = subprocess.run([sys.executable, "-c", COMMAND_LINE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "LOADED [] 0"
+    assert "0.5" in done.stdout  # the run's log history was shown
+
+
 def test_import_and_a_plain_local_run_never_import_ray(tmp_path):
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     done = subprocess.run([sys.executable, "-c", LOCAL_RUN], capture_output=True, text=True, env=env, timeout=300,

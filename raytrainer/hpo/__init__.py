@@ -2,23 +2,26 @@
 
 Each trial is a raytrainer training run with its own TrainingArguments (the sampled fields set)
 and a model built by ``model_init(trial)``; its checkpoints go to ``output_dir/run-<trial id>/``.
+
+The names below import their modules on first use: the command line's ``results`` and
+``--help`` read a results table without importing torch and the search machinery.
 """
 
-from .objective import default_compute_objective
-from .presets import available_presets, load_search_space
-from .results import BestRun, TrialRecord
-from .search import run_hyperparameter_search
-from .spaces import ParamSpec, SearchSpace, default_hp_space_optuna, default_hp_space_ray
+from .._lazy import lazy_names
 
-__all__ = [
-    "BestRun",
-    "ParamSpec",
-    "SearchSpace",
-    "TrialRecord",
-    "available_presets",
-    "default_compute_objective",
-    "default_hp_space_optuna",
-    "default_hp_space_ray",
-    "load_search_space",
-    "run_hyperparameter_search",
-]
+_MODULE_OF = {
+    name: module
+    for module, names in {
+        ".objective": ["default_compute_objective"],
+        ".presets": ["available_presets", "load_search_space"],
+        ".results": ["BestRun", "TrialRecord"],
+        ".search": ["run_hyperparameter_search"],
+        ".spaces": ["ParamSpec", "SearchSpace", "default_hp_space_optuna", "default_hp_space_ray"],
+    }.items()
+    for name in names
+}
+
+__all__ = sorted(_MODULE_OF)
+
+
+__getattr__, __dir__ = lazy_names(__name__, _MODULE_OF, globals())

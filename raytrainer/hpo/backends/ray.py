@@ -44,7 +44,7 @@ def run_ray_search(setup, space, n_trials: int, hp_name, options: dict):
     from ray.tune.search import BasicVariantGenerator
 
     from ...runtime.ray_session import ensure_ray, quiet_ray, ray_logs_wanted
-    from ..trial_lines import TrialLines
+    from .tune_lines import TrialLines
 
     population_based = is_pbt(options.get("scheduler"))
     if population_based:
