@@ -270,13 +270,14 @@ def test_trial_lines_print_each_finished_trial_once_with_its_status(capsys):
         return SimpleNamespace(trial_id=trial_id, status=status, last_result=result, config={"lr": trial_id})
 
     lines = TrialLines(lambda config: {"learning_rate": config["lr"]})
-    running = [trial("a", Trial.RUNNING), trial("b", Trial.PENDING)]
+    restored = trial("old", Trial.TERMINATED, 0.5)  # ended before this run: a restored search's
+    running = [restored, trial("a", Trial.RUNNING), trial("b", Trial.PENDING)]
     assert not lines.should_report(running)
-    step = [trial("a", Trial.TERMINATED, 0.25), trial("b", Trial.RUNNING)]
+    step = [restored, trial("a", Trial.TERMINATED, 0.25), trial("b", Trial.RUNNING)]
     assert lines.should_report(step)
     lines.report(step, False)
     assert not lines.should_report(step)  # printed once
-    end = [trial("a", Trial.TERMINATED, 0.25), trial("b", Trial.ERROR)]
+    end = [restored, trial("a", Trial.TERMINATED, 0.25), trial("b", Trial.ERROR)]
     assert lines.should_report(end, done=True)
     lines.report(end, True)
     assert capsys.readouterr().out.splitlines() == [

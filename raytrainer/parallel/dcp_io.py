@@ -9,9 +9,8 @@ new buffer (a ``torch.load`` per tensor) and then copies it into the model's or 
 ``DirectReader`` reads each stored tensor's bytes straight into the tensor that receives them.
 DCP stores every tensor as a small ``torch.save`` archive (``torch_archives``); where its bytes
 sit comes from the archive's directory and its pickled layout (dtype, shape, strides), read
-without the data. A
-tensor it cannot place exactly (another dtype, a non-contiguous slice, a stream transform, an
-archive it does not recognise) takes DCP's own path.
+without the data. A tensor it cannot place exactly (another dtype, a non-contiguous slice, a
+stream transform, an archive it does not recognise) takes DCP's own path.
 """
 
 import contextlib

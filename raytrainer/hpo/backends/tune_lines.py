@@ -18,9 +18,11 @@ class TrialLines(ProgressReporter):
 
     def __init__(self, sampled_values):
         self.sampled_values = sampled_values  # config -> {name: value}, every sampled value once
-        self._shown = set()  # trial ids already printed
+        self._shown = None  # trial ids already printed (or ended before this run: a restored search's)
 
     def should_report(self, trials, done: bool = False) -> bool:
+        if self._shown is None:  # Tune's first look, before any trial of this run can have ended
+            self._shown = {trial.trial_id for trial in trials if trial.status in (Trial.TERMINATED, Trial.ERROR)}
         return any(self._ended(trial) for trial in trials)
 
     def report(self, trials, done: bool, *sys_info: str) -> None:
