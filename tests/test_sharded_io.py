@@ -15,51 +15,31 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.planner import LoadItemType
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-from raytrainer.parallel import dcp_io, torch_archives
+from raytrainer.parallel import dcp_io, exact_load, torch_archives
 from raytrainer.parallel import sharded_checkpoints as sharded
-from raytrainer.parallel.process_group import ensure_process_group
+
+from _sharded_models import optimizer_values as _optimizer_values
+from _sharded_models import sharded_model as _sharded_model
+from _sharded_models import values as _values
 
 
-class _Args:
-    world_size = 1
-    device = torch.device("cpu")
+@pytest.fixture
+def through_dcp(monkeypatch):
+    """Loads take DCP's path (``DirectReader``), as any load not into the sharding it was saved
+    from does; ``test_exact_load.py`` tests the other."""
+    monkeypatch.setattr(sharded, "load_exact", lambda state, path: False)
 
 
-def _sharded_model(seed: int):
-    from torch.distributed.fsdp import fully_shard
-
-    ensure_process_group(_Args())
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
-    for layer in (model[0], model[2]):
-        fully_shard(layer)
-    fully_shard(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-    model(torch.randn(8, 16)).sum().backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    return model, optimizer
-
-
-def _values(model) -> dict:
-    return {name: t.full_tensor().clone() for name, t in model.state_dict().items()}
-
-
-def _optimizer_values(optimizer) -> list:
-    return [{k: getattr(v, "full_tensor", lambda v=v: v)().clone() for k, v in state.items()}
-            for state in optimizer.state.values()]
-
-
-def test_round_trip_restores_model_and_optimizer_without_fsync(tmp_path, monkeypatch):
+def test_round_trip_restores_model_and_optimizer_without_fsync(tmp_path, monkeypatch, through_dcp):
     model, optimizer = _sharded_model(seed=0)
     saved, saved_optimizer = _values(model), _optimizer_values(optimizer)
     synced = []
-    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
-    monkeypatch.setattr(os, "sync", lambda: synced.append("sync"))
-    sharded.save_sharded(model, optimizer, str(tmp_path))
+    with monkeypatch.context() as during_save:
+        during_save.setattr(os, "fsync", lambda fd: synced.append(fd))
+        during_save.setattr(os, "sync", lambda: synced.append("sync"))
+        sharded.save_sharded(model, optimizer, str(tmp_path))
     assert synced == []  # atomicity comes from the checkpoint folder's rename, not from fsync
     assert torch.serialization.get_crc32_options() is True  # restored after the save
-    monkeypatch.undo()
 
     other, other_optimizer = _sharded_model(seed=1)
     assert not torch.equal(_values(other)["0.weight"], saved["0.weight"])
@@ -129,7 +109,8 @@ def test_a_torch_without_the_private_helpers_loads_through_dcps_own_path(tmp_pat
     saved = _values(model)
     sharded.save_sharded(model, None, str(tmp_path))
     other, _ = _sharded_model(seed=1)
-    monkeypatch.setattr(dcp_io, "narrow_tensor_by_index", None)  # as when the guarded import failed
+    monkeypatch.setattr(dcp_io, "narrow_tensor_by_index", None)  # as when the guarded imports failed
+    monkeypatch.setattr(exact_load, "flatten_state_dict", None)
     fallbacks = _count_fallbacks(monkeypatch)
     sharded.load_sharded_model(other, str(tmp_path))
     assert len(fallbacks) == len(saved)
@@ -214,7 +195,7 @@ def test_an_archive_the_directory_read_does_not_know_goes_to_torchs_reader(tmp_p
         assert dcp_io.stored_slice(f, 0, length, [0], [12]) is None
 
 
-def test_a_load_reads_every_archive_directory_with_preads_and_no_collective(tmp_path, monkeypatch):
+def test_a_load_reads_every_archive_directory_with_preads_and_no_collective(tmp_path, monkeypatch, through_dcp):
     model, optimizer = _sharded_model(seed=0)
     saved, saved_optimizer = _values(model), _optimizer_values(optimizer)
     sharded.save_sharded(model, optimizer, str(tmp_path))

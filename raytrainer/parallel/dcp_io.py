@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
 from ..checkpoints.file_reads import read_into
-from .torch_archives import ArchiveRecords, ArchiveWriter, tensor_layout, torch_reader
+from .torch_archives import ArchiveHead, ArchiveRecords, ArchiveWriter, tensor_layout, torch_reader
 
 try:  # private parts of torch: without them, every tensor is read through DCP's own reader
     from torch.distributed._shard._utils import narrow_tensor_by_index
@@ -127,7 +127,7 @@ class DirectReader(FileSystemReader):
             requests.sort(key=lambda request: self.storage_data[request.storage_index].offset)
             with open(path, "rb", buffering=0) as file:
                 first, last = (self.storage_data[requests[i].storage_index] for i in (0, -1))
-                _read_soon(file, first.offset, last.offset + last.length - first.offset)
+                read_soon(file, first.offset, last.offset + last.length - first.offset)
                 pending = [request for request in requests if not self._read_in_place(file, request, planner)]
             if pending:  # DCP's own path for what could not be placed
                 super().read_data(_PlanOf(pending), planner).wait()
@@ -155,7 +155,7 @@ class DirectReader(FileSystemReader):
         return True
 
 
-def _read_soon(file, offset: int, length: int) -> None:
+def read_soon(file, offset: int, length: int) -> None:
     """Tell the kernel these bytes are read next: from a cold page cache it reads them ahead in
     large requests while the archives' small directory reads come in between. Only the requested
     range: a rank that loads a slice of a larger world's file does not read the rest."""
@@ -167,18 +167,22 @@ class Placement(NamedTuple):
     offset: int  # absolute byte offset of the slice in the file
     dtype: torch.dtype
     shape: tuple
+    head: Optional[ArchiveHead] = None  # the archive before the storage's bytes, when read by ArchiveRecords
 
 
 def stored_slice(file, begin: int, length: int, offsets, lengths) -> Optional[Placement]:
     """Where the slice ``offsets``/``lengths`` of the tensor ``torch.save`` wrote at ``begin`` lies
     in ``file``, when it is one contiguous run of bytes; None otherwise (or for an archive that
     holds something else than one plain tensor)."""
+    if narrow_tensor_by_index is None:
+        return None
     try:
         archive = ArchiveRecords.in_file(file.fileno(), begin, length) or torch_reader(file, begin, length)
         if archive.has_record("byteorder") and archive.get_record("byteorder").decode() != sys.byteorder:
             return None  # torch.load swaps the bytes of an archive from a machine of the other byte order
         layout = tensor_layout(archive.get_record("data.pkl"))
         record_offset = archive.get_record_offset(f"data/{layout.key}")
+        head = archive.get_head(f"data/{layout.key}") if isinstance(archive, ArchiveRecords) else None
     except Exception:  # noqa: BLE001 - anything unexpected is read by DCP's own reader instead
         return None
     tensor = torch.empty_strided(layout.size, layout.stride, dtype=layout.dtype, device="meta")
@@ -186,7 +190,7 @@ def stored_slice(file, begin: int, length: int, offsets, lengths) -> Optional[Pl
     if not wanted.is_contiguous() or layout.storage_offset + _extent(tensor) > layout.numel:
         return None
     element = (layout.storage_offset + wanted.storage_offset()) * tensor.element_size()
-    return Placement(begin + record_offset + element, layout.dtype, tuple(wanted.shape))
+    return Placement(begin + record_offset + element, layout.dtype, tuple(wanted.shape), head)
 
 
 def _extent(tensor) -> int:

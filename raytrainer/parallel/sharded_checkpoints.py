@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from ..checkpoints.layout import SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR
 from .dcp_io import CheckpointWriter, DirectReader
+from .exact_load import load_exact, local_shard
 
 
 def has_sharded_model(folder: str) -> bool:
@@ -43,10 +44,13 @@ def _save(state: dict, path: str) -> None:
 
 
 def _load(state: dict, path: str) -> None:
-    """Each rank plans and reads its own slices without collectives (``no_dist``): DCP's default
-    load plan is made by every rank alone, and its gathering of the ranks' plans and of their read
-    results only pickled them back and forth (some 7 ms of a 605 MB load). ``no_dist`` warns that it
-    assumes a single process, which is not what it means here."""
+    """Into the sharding it was saved from without DCP's planner (``exact_load``); into any other
+    through DCP, each rank planning and reading its own slices without collectives (``no_dist``):
+    DCP's default load plan is made by every rank alone, and its gathering of the ranks' plans and
+    of their read results only pickled them back and forth (some 7 ms of a 605 MB load).
+    ``no_dist`` warns that it assumes a single process, which is not what it means here."""
+    if load_exact(state, path):
+        return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
         dcp.load(state, storage_reader=DirectReader(path), checkpoint_id=path, no_dist=True)
@@ -62,14 +66,10 @@ def load_sharded_model(model, folder: str) -> None:
         set_model_state_dict(model, state["model"])
 
 
-def _local(tensor):
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
 def _is_model_memory(model, state_dict: dict) -> bool:
     """Whether every value of ``state_dict`` is a view of one of ``model``'s own tensors."""
-    own = {_local(t).data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
-    return all(isinstance(t, torch.Tensor) and _local(t).data_ptr() in own for t in state_dict.values())
+    own = {local_shard(t).data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    return all(isinstance(t, torch.Tensor) and local_shard(t).data_ptr() in own for t in state_dict.values())
 
 
 def load_sharded_optimizer(model, optimizer, folder: str) -> None:

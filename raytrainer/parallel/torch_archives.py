@@ -154,6 +154,27 @@ class ArchiveRecords:
             raise ValueError(f"no local header at {header} for {name}")
         return header + 30 + sum(struct.unpack_from("<HH", local, 26))
 
+    def get_head(self, name: str) -> Optional["ArchiveHead"]:
+        """What the archive holds before the record ``name``'s bytes, when its pickle and byte order
+        are part of it (as torch.save writes them); None otherwise."""
+        header = self._records[name][0]
+        if any(self._records[other][0] > header for other in ("data.pkl", "byteorder") if other in self._records):
+            return None
+        return ArchiveHead(self._bytes(0, self.get_record_offset(name)))
+
+
+class ArchiveHead(NamedTuple):
+    """The bytes of an archive before its storage's bytes: the same for every archive torch.save
+    writes of one tensor layout (the pickle, the byte order, the records' local headers, which
+    leave sizes and CRC-32s to the directory after the data), so a second archive of the layout is
+    known by one read of as many bytes instead of its directory and pickle."""
+
+    data: bytes
+
+    def begins(self, fd: int, offset: int) -> bool:
+        """Whether the archive at ``offset`` in ``fd`` begins with this head."""
+        return os.pread(fd, len(self.data), offset) == self.data
+
 
 class ArchiveWriter:
     """Writes ``torch.save(tensor)`` into a stream: for a tensor of a layout seen before, the first
