@@ -11,7 +11,8 @@ shard and sets the few pickled values (the optimizer's lr, betas, ...) where DCP
 Anything else answers False, and the caller loads through DCP, which loads every entry again:
 another world size or mesh (a chunk that is not a local shard), a key the checkpoint lacks (DCP's
 error names it), another dtype or global shape, a tensor off the CPU or non-contiguous, a file
-shorter than its index says, a pickled value that is not plain data (``weights_only``): all found
+shorter than its index says, a pickled value that is not plain data (which DCP's path refuses,
+naming it): all found
 before anything is read into the state; an archive that is not one plain tensor in its layout's
 memory order: found when its turn comes, since the archives are read front to back as they are
 stored (a first pass over every archive's head made cold loads slower than DCP's path: the heads'

@@ -11,10 +11,12 @@ format, without its fsyncs and extra copies).
 
 import itertools
 import os
+import pickle
 import warnings
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -53,7 +55,28 @@ def _load(state: dict, path: str) -> None:
         return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
-        dcp.load(state, storage_reader=DirectReader(path), checkpoint_id=path, no_dist=True)
+        dcp.load(state, storage_reader=DirectReader(path), planner=_PlainDataPlanner(path), checkpoint_id=path,
+                 no_dist=True)
+
+
+class _PlainDataPlanner(DefaultLoadPlanner):
+    """DCP's load planner, but a checkpoint's pickled values (the optimizer's lr, betas, ...) must
+    be plain data: DCP's own unpickles whatever they hold, which could run code the file carries."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+
+    def load_bytes(self, read_item, value) -> None:
+        try:
+            torch.load(value, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise pickle.UnpicklingError(
+                f"Refusing to load {read_item.storage_index.fqn} from {self._path}: it holds objects other "
+                f"than tensors and plain data, and loading them could run code ({str(error).splitlines()[0]})."
+            ) from None
+        value.seek(0)  # proven plain data: DCP's own unpickling of it runs nothing else
+        super().load_bytes(read_item, value)
 
 
 def load_sharded_model(model, folder: str) -> None:
