@@ -218,6 +218,24 @@ def test_a_load_reads_every_archive_directory_with_preads_and_no_collective(tmp_
         assert all(torch.equal(mine[key], theirs[key]) for key in theirs)
 
 
+def test_a_one_rank_save_calls_no_collective(tmp_path, monkeypatch):
+    """With one rank DCP's gathering of plans and write results only pickled them back and forth;
+    the two-rank save is tested in ``test_exact_load.py``."""
+    model, optimizer = _sharded_model(seed=0)
+    saved = _values(model)
+
+    def collective(*args, **kwargs):
+        raise AssertionError("a one-rank save needs no collective")
+
+    with monkeypatch.context() as during_save:
+        for name in ("gather_object", "scatter_object_list", "all_gather_object", "broadcast_object_list", "barrier"):
+            during_save.setattr(dist, name, collective)
+        sharded.save_sharded(model, optimizer, str(tmp_path))
+    other, _ = _sharded_model(seed=1)
+    sharded.load_sharded_model(other, str(tmp_path))
+    assert all(torch.equal(value, saved[name]) for name, value in _values(other).items())
+
+
 def test_the_writer_writes_the_bytes_dcps_own_writer_writes(tmp_path, monkeypatch):
     """Model and optimizer shards (tensors and the optimizer's byte items): the same files, byte
     for byte, as DCP's FileSystemWriter writes with torch's CRC-32 off, and the same index; a
