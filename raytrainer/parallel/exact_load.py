@@ -55,7 +55,8 @@ class _ValueRead(NamedTuple):
 
 def load_exact(state: dict, path: str) -> bool:
     """Fill ``state`` (nested, as passed to ``dcp.load``) from the DCP checkpoint at ``path`` when
-    every entry maps onto one stored chunk exactly; False, with ``state`` untouched, otherwise."""
+    every entry maps onto one stored chunk exactly; False otherwise, and DCP's path loads every entry
+    again (an archive that cannot be placed, found midway, leaves the tensors before it read)."""
     if flatten_state_dict is None:
         return False
     try:
