@@ -146,13 +146,17 @@ class DirectReader(FileSystemReader):
         place = stored_slice(file, info.offset, info.length, request.storage_offsets, request.lengths)
         if place is None or place.dtype != target.dtype or place.shape != tuple(target.shape):
             return False
-        nbytes = target.numel() * target.element_size()
-        if nbytes:
-            if read_into(file.fileno(), place.offset, memoryview(target.view(-1).view(torch.uint8).numpy())) != nbytes:
-                raise ValueError(f"{file.name} is truncated: {request.storage_index.fqn} needs {nbytes} bytes at "
-                                 f"offset {place.offset}.")
+        read_tensor(file, place.offset, target, request.storage_index.fqn)
         planner.commit_tensor(request, target)
         return True
+
+
+def read_tensor(file, offset: int, target: torch.Tensor, fqn: str) -> None:
+    """Fill the contiguous CPU tensor ``target`` with ``file``'s bytes at ``offset``; a file that
+    ends first is an error naming the tensor, never a partial load."""
+    nbytes = target.numel() * target.element_size()
+    if nbytes and read_into(file.fileno(), offset, memoryview(target.view(-1).view(torch.uint8).numpy())) != nbytes:
+        raise ValueError(f"{file.name} is truncated: {fqn} needs {nbytes} bytes at offset {offset}.")
 
 
 def read_soon(file, offset: int, length: int) -> None:

@@ -12,11 +12,11 @@ Anything else answers False, and the caller loads through DCP, which loads every
 another world size or mesh (a chunk that is not a local shard), a key the checkpoint lacks (DCP's
 error names it), another dtype or global shape, a tensor off the CPU or non-contiguous, a file
 shorter than its index says, a pickled value that is not plain data (which DCP's path refuses,
-naming it): all found
-before anything is read into the state; an archive that is not one plain tensor in its layout's
-memory order: found when its turn comes, since the archives are read front to back as they are
-stored (a first pass over every archive's head made cold loads slower than DCP's path: the heads'
-reads ran ahead of the kernel's read-ahead). The pickled values are set once every tensor is read.
+naming it): all found before anything is read into the state; an archive that is not one plain
+tensor in its layout's memory order: found when its turn comes, since the archives are read front
+to back as they are stored (a first pass over every archive's head made cold loads slower than
+DCP's path: the heads' reads ran ahead of the kernel's read-ahead). The pickled values are set
+once every tensor is read.
 """
 
 import io
@@ -28,8 +28,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex, TensorStorageMetadata
 from torch.distributed.tensor import DTensor
 
-from ..checkpoints.file_reads import read_into
-from .dcp_io import read_soon, stored_slice
+from .dcp_io import read_soon, read_tensor, stored_slice
 
 try:  # private parts of torch: without them every load takes DCP's path
     from torch.distributed.checkpoint._nested_dict import flatten_state_dict
@@ -163,14 +162,14 @@ def _read_tensors(reads: list, files: dict) -> bool:
         file, shape = files[read.relative_path], tuple(read.target.shape)
         key = (read.length, read.target.dtype, shape)
         if key in known and known[key][0].begins(file.fileno(), read.offset):
-            _read_tensor(file, read.offset + known[key][1], read)
+            read_tensor(file, read.offset + known[key][1], read.target, read.fqn)
             continue
         where = stored_slice(file, read.offset, read.length, [0] * len(shape), list(shape))
         if where is None or where.dtype != read.target.dtype or where.shape != shape:
             return False
         if where.head is not None:
             known[key] = (where.head, where.offset - read.offset)
-        _read_tensor(file, where.offset, read)
+        read_tensor(file, where.offset, read.target, read.fqn)
     return True
 
 
@@ -186,8 +185,3 @@ def _unpickled(reads: list, files: dict) -> Optional[list]:
                 return None
     return values
 
-
-def _read_tensor(file, offset: int, read: _TensorRead) -> None:
-    nbytes = read.target.nbytes
-    if nbytes and read_into(file.fileno(), offset, memoryview(read.target.view(-1).view(torch.uint8).numpy())) != nbytes:
-        raise ValueError(f"{file.name} is truncated: {read.fqn} needs {nbytes} bytes at offset {offset}.")
