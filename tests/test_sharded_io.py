@@ -5,6 +5,7 @@ the save neither fsyncs nor leaves torch's CRC setting changed. One-rank gloo gr
 
 import io
 import os
+import pickle
 
 import pytest
 import torch
@@ -310,3 +311,51 @@ def test_a_shard_larger_than_one_read_loads_whole(tmp_path, monkeypatch):
     fallbacks = _count_fallbacks(monkeypatch)
     sharded.load_sharded_model(other, str(tmp_path))
     assert fallbacks == [] and all(torch.equal(value, saved[name]) for name, value in _values(other).items())
+
+
+class _RunsCode:
+    """Pickles as a call of ``open``: whoever unpickles it creates the file ``marker``."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_an_index_that_names_code_is_refused_before_it_runs_and_nothing_loads(tmp_path):
+    """DCP's own reader unpickles a checkpoint's index (``.metadata``) with ``pickle.load``: a folder
+    from someone else could run code on a resume. Ours refuses any name an index does not hold."""
+    model, optimizer = _sharded_model(seed=0)
+    sharded.save_sharded(model, optimizer, str(tmp_path))
+    marker = tmp_path / "code-ran"
+    for folder in ("pytorch_model_fsdp_0", "optimizer_0"):
+        index = FileSystemReader(str(tmp_path / folder)).read_metadata()
+        index.planner_data = _RunsCode(str(marker))
+        (tmp_path / folder / ".metadata").write_bytes(pickle.dumps(index))
+    FileSystemReader(str(tmp_path / "optimizer_0")).read_metadata()
+    assert marker.exists()  # what DCP's own reader does with it
+    marker.unlink()
+
+    other, other_optimizer = _sharded_model(seed=1)
+    before, before_optimizer = _values(other), _optimizer_values(other_optimizer)
+    refused = r"(?s)Refusing to load the checkpoint index .*{}.\.metadata: it names io\.open, .*could run code"
+    with pytest.raises(BaseException, match=refused.format("pytorch_model_fsdp_0")):  # a CheckpointException
+        sharded.load_sharded_model(other, str(tmp_path))
+    with pytest.raises(BaseException, match=refused.format("optimizer_0")):
+        sharded.load_sharded_optimizer(other, other_optimizer, str(tmp_path))
+    assert not marker.exists()
+    assert all(torch.equal(value, before[name]) for name, value in _values(other).items())
+    after_optimizer = _optimizer_values(other_optimizer)
+    assert len(after_optimizer) == len(before_optimizer) > 0
+    for after, before_state in zip(after_optimizer, before_optimizer):
+        assert after.keys() == before_state.keys() and all(torch.equal(after[k], before_state[k]) for k in after)
+
+
+def test_an_index_file_that_holds_something_else_is_named(tmp_path):
+    from raytrainer.parallel.dcp_index import read_index
+
+    (tmp_path / ".metadata").write_bytes(pickle.dumps({"version": 1}))
+    with pytest.raises(pickle.UnpicklingError, match=r"\.metadata is not the index of a torch\.distributed\.checkpoint "
+                                                     r"checkpoint: it holds a dict"):
+        read_index(str(tmp_path / ".metadata"))

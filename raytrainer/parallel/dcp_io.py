@@ -20,11 +20,13 @@ from typing import NamedTuple, Optional
 
 import torch
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.planner import LoadItemType, WriteItemType
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
 from ..checkpoints.file_reads import read_into
+from .dcp_index import read_index
 from .torch_archives import ArchiveHead, ArchiveRecords, ArchiveWriter, tensor_layout, torch_reader
 
 try:  # private parts of torch: without them, every tensor is read through DCP's own reader
@@ -116,7 +118,16 @@ def _without_crc32():
 
 
 class DirectReader(FileSystemReader):
-    """``FileSystemReader`` that reads each tensor's bytes straight into its destination."""
+    """``FileSystemReader`` that reads each tensor's bytes straight into its destination, and the
+    index without running code it could carry (``dcp_index``)."""
+
+    def read_metadata(self, *args, **kwargs):
+        rank = kwargs.get("rank")  # DCP asks for a rank's own index when the ranks wrote one each
+        index = read_index(os.path.join(self.path, ".metadata" if rank is None else f"__{rank}.metadata"))
+        if getattr(index, "storage_meta", None) is None:
+            index.storage_meta = StorageMeta()
+        index.storage_meta.load_id = self.load_id
+        return index
 
     def read_data(self, plan, planner):
         per_file = {}

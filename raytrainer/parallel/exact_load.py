@@ -24,10 +24,10 @@ import os
 from typing import NamedTuple, Optional
 
 import torch
-from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex, TensorStorageMetadata
 from torch.distributed.tensor import DTensor
 
+from .dcp_index import read_index
 from .dcp_io import read_soon, read_tensor, stored_slice
 
 try:  # private parts of torch: without them every load takes DCP's path
@@ -59,8 +59,8 @@ def load_exact(state: dict, path: str) -> bool:
     if flatten_state_dict is None:
         return False
     try:
-        metadata = FileSystemReader(path).read_metadata()
-    except Exception:  # noqa: BLE001 - a missing or damaged index: DCP's path reports it
+        metadata = read_index(os.path.join(path, ".metadata"))
+    except Exception:  # noqa: BLE001 - a missing, damaged or refused index: DCP's path reports it
         return False
     flat, paths = flatten_state_dict(state)
     reads = _plan(flat, paths, metadata)
