@@ -20,6 +20,8 @@ _DTYPE_NAMES = {
     torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
 }
 _NAME_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+# dtypes whose tensors numpy views directly (bfloat16 and the float8s it has no type for)
+_NUMPY_VIEWABLE = frozenset(_DTYPE_NAMES) - {torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2}
 _PAGE = 4096
 
 
@@ -70,14 +72,24 @@ def read_safetensors(path: str, into: dict = None) -> dict:
     result = {}
     with open(path, "rb", buffering=0) as f:  # unbuffered: large reads go straight to the tensors
         header, start = read_header(f)
+        fd = f.fileno()
+        # per tensor only what a read needs: at memory speed (a hot page cache), a few microseconds
+        # of Python per tensor are a measurable part of a load
         for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
             begin, end = entry["data_offsets"]
             dtype, shape = _NAME_DTYPES[entry["dtype"]], tuple(entry["shape"])
             target = into.get(name)
-            if not (target is not None and target.dtype == dtype and tuple(target.shape) == shape
-                    and target.device.type == "cpu" and target.is_contiguous()):
+            if (target is None or target.dtype != dtype or target.shape != shape or not target.is_cpu
+                    or not target.is_contiguous()):
                 target = torch.empty(shape, dtype=dtype)
-            if end > begin and read_into(f.fileno(), start + begin, _as_bytes(target)) != end - begin:
+            if end > begin and read_into(fd, start + begin, _target_bytes(target)) != end - begin:
                 raise ValueError(f"{path} is truncated: tensor {name} needs bytes {begin}-{end} of the data section.")
             result[name] = target
     return result
+
+
+def _target_bytes(tensor: torch.Tensor) -> memoryview:
+    """``_as_bytes`` of a contiguous CPU tensor, in a third of its time when numpy can view it."""
+    if tensor.requires_grad or tensor.dim() == 0 or not tensor.numel() or tensor.dtype not in _NUMPY_VIEWABLE:
+        return _as_bytes(tensor)
+    return memoryview(tensor.numpy()).cast("B")
