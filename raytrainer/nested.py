@@ -151,6 +151,12 @@ def find_batch_size(inputs) -> int | None:
     return None
 
 
+def cast_floating(data: Any, dtype: torch.dtype):
+    """Every floating-point tensor in ``data`` as ``dtype``; integer and boolean tensors (token ids,
+    masks) and other leaves stay as they are."""
+    return _map_leaves(data, lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t)
+
+
 def move_to_device(data: Any, device, non_blocking: bool = False):
     """Move every tensor in ``data`` to ``device``; objects with a ``.to`` method move too."""
     if isinstance(data, torch.Tensor):

@@ -298,6 +298,7 @@ class Trainer(V4TrainerNames, HubMethods, DataLoaderMethods, OptimizerMethods, E
         run = self._run if self._run is not None else self._evaluation_run()
         if run.device.type != "cpu":  # CPU batches from a CPU dataloader are already in place
             inputs = move_to_device(inputs, run.device)
+        inputs = run.strategy.prepare_inputs(inputs)
         if self.args.past_index >= 0 and run.past is not None:
             inputs["mems"] = run.past
         return inputs

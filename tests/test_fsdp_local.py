@@ -109,6 +109,42 @@ def test_deepspeed_zero_trains_like_plain_and_resumes_exactly(make_args, tmp_pat
         torch.testing.assert_close(from_resume.state_dict()[name], value, rtol=0, atol=0, msg=name)
 
 
+def test_deepspeed_passes_float_inputs_in_the_engines_dtype(make_args):
+    from raytrainer.parallel.deepspeed import DeepSpeedStrategy
+
+    batch = {"x": torch.ones(2, 3, dtype=torch.float64), "ids": torch.arange(2), "mask": torch.ones(2, dtype=torch.bool),
+             "pair": [torch.zeros(1), (torch.zeros(1, dtype=torch.float16), "text")]}
+    bf16 = DeepSpeedStrategy(make_args(bf16=True, deepspeed={"zero_optimization": {"stage": 2}})).prepare_inputs(batch)
+    assert (bf16["x"].dtype, bf16["ids"].dtype, bf16["mask"].dtype) == (torch.bfloat16, torch.int64, torch.bool)
+    assert (bf16["pair"][0].dtype, bf16["pair"][1][0].dtype, bf16["pair"][1][1]) == (torch.bfloat16, torch.bfloat16, "text")
+    assert torch.equal(bf16["x"], torch.ones(2, 3, dtype=torch.bfloat16)) and torch.equal(bf16["ids"], batch["ids"])
+    fp32 = DeepSpeedStrategy(make_args(deepspeed={"zero_optimization": {"stage": 2}})).prepare_inputs(batch)
+    assert (fp32["x"].dtype, fp32["pair"][1][0].dtype, fp32["ids"].dtype) == (torch.float32, torch.float32, torch.int64)
+
+
+def test_deepspeed_bf16_trains_on_float_inputs_like_fp32(make_args, tmp_path, monkeypatch):
+    """The engine holds the weights in bf16 and, unlike autocast, casts no inputs: float features
+    (not token ids) must reach it in bf16, as the HF Trainer passes them. Before, the first step
+    failed ("mat1 and mat2 must have the same dtype")."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'raytrainer[deepspeed]'")
+    import deepspeed.ops
+
+    monkeypatch.setitem(deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm", False)  # see the test above
+    torch.manual_seed(0)
+    model, reference = RegressionModel(), RegressionModel()
+    reference.load_state_dict(model.state_dict())
+    config = {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto",
+              "gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "bf16": {"enabled": "auto"}}
+    zero = _trainer(make_args, model, deepspeed=config, bf16=True, save_strategy="no", output_dir=str(tmp_path / "zero"))
+    plain = _trainer(make_args, reference, save_strategy="no", output_dir=str(tmp_path / "plain"))
+    zero.train()
+    plain.train()
+    losses = [[entry["loss"] for entry in trainer.state.log_history if "loss" in entry] for trainer in (zero, plain)]
+    assert len(losses[0]) == len(losses[1]) == 3
+    assert losses[0] == pytest.approx(losses[1], rel=2e-2)  # bf16 weights and inputs: within bf16's precision
+    assert zero.evaluate()["eval_loss"] == pytest.approx(plain.evaluate()["eval_loss"], rel=2e-2)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_rank_group_ends_with_the_module():
     """A local sharded run keeps its one-rank process group for later evaluations and saves; other

@@ -15,6 +15,7 @@ import torch
 
 from ..checkpoints.layout import DEEPSPEED_LATEST
 from ..checkpoints.weights import load_weights, read_state_dict, save_weights
+from ..nested import cast_floating
 from .deepspeed_config import build_config, zero_stage
 from .lockstep import lockstep_batches
 from .process_group import ensure_process_group, set_launcher_environment
@@ -32,6 +33,15 @@ class DeepSpeedStrategy(DataParallel):
     def precision(self, precision):
         """DeepSpeed casts the model and scales the loss itself (its fp16/bf16 sections): no autocast."""
         return type(precision)(precision.device_type, None)
+
+    def prepare_inputs(self, inputs):
+        """Floating-point inputs in the engine's dtype, as the HF Trainer passes them: the engine holds
+        the weights in bf16/fp16 (fp32 without either) and, unlike autocast, casts no inputs."""
+        return cast_floating(inputs, self.input_dtype)
+
+    @property
+    def input_dtype(self):
+        return torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else torch.float32
 
     def place(self, model, device) -> None:
         """Nothing: the engine places (and under ZeRO-3 partitions) the model."""

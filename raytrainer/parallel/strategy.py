@@ -28,6 +28,10 @@ class DataParallel:
         """The run's mixed precision, as the strategy runs it (``loop.precision.Precision``)."""
         return precision
 
+    def prepare_inputs(self, inputs):
+        """A batch as the wrapped model takes it (already on this rank's device)."""
+        return inputs
+
     def place(self, model, device) -> None:
         """Put the model on this rank's device before wrapping."""
         model.to(device)
