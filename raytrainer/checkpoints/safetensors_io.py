@@ -26,11 +26,14 @@ _PAGE = 4096
 
 
 def _as_bytes(tensor: torch.Tensor) -> memoryview:
-    """A zero-copy byte view of a contiguous CPU tensor (any dtype, bfloat16 included)."""
-    flat = tensor.detach().reshape(-1)
-    if flat.numel() == 0:
+    """A zero-copy byte view of a contiguous CPU tensor (any dtype, bfloat16 included). Through
+    numpy's own view where it has the dtype: a third of the time, which shows at memory speed."""
+    if tensor.numel() == 0:
         return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy())
+    if (tensor.dtype in _NUMPY_VIEWABLE and tensor.dim() > 0 and not tensor.requires_grad
+            and tensor.is_contiguous()):
+        return memoryview(tensor.numpy()).cast("B")
+    return memoryview(tensor.detach().reshape(-1).view(torch.uint8).numpy())
 
 
 def write_safetensors(path: str, tensors: dict, metadata: dict = None) -> None:
@@ -82,14 +85,7 @@ def read_safetensors(path: str, into: dict = None) -> dict:
             if (target is None or target.dtype != dtype or target.shape != shape or not target.is_cpu
                     or not target.is_contiguous()):
                 target = torch.empty(shape, dtype=dtype)
-            if end > begin and read_into(fd, start + begin, _target_bytes(target)) != end - begin:
+            if end > begin and read_into(fd, start + begin, _as_bytes(target)) != end - begin:
                 raise ValueError(f"{path} is truncated: tensor {name} needs bytes {begin}-{end} of the data section.")
             result[name] = target
     return result
-
-
-def _target_bytes(tensor: torch.Tensor) -> memoryview:
-    """``_as_bytes`` of a contiguous CPU tensor, in a third of its time when numpy can view it."""
-    if tensor.requires_grad or tensor.dim() == 0 or not tensor.numel() or tensor.dtype not in _NUMPY_VIEWABLE:
-        return _as_bytes(tensor)
-    return memoryview(tensor.numpy()).cast("B")
