@@ -359,3 +359,39 @@ def test_an_index_file_that_holds_something_else_is_named(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match=r"\.metadata is not the index of a torch\.distributed\.checkpoint "
                                                      r"checkpoint: it holds a dict"):
         read_index(str(tmp_path / ".metadata"))
+
+
+@pytest.mark.parametrize("grad_enabled", [True, False], ids=["grad", "no-grad"])
+def test_the_save_plan_is_dcps_own_with_every_dtensor_planned_here(monkeypatch, grad_enabled):
+    """``LocalShardsPlanner`` makes the plan DCP's ``DefaultSavePlanner`` makes (write items, their
+    chunks and tensor properties, the flattening map) and hands the writer the same bytes; every
+    DTensor takes its own path, the rest (the step counts, the param groups) DCP's. The parameters
+    themselves (``keep_vars``) record ``requires_grad`` as DCP does: only with grad enabled."""
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+    from torch.distributed.tensor import DTensor
+
+    from raytrainer.parallel import dcp_save_plan
+
+    model, optimizer = _sharded_model(seed=0)
+    planned_by_dcp, dcp_create = [], dcp_save_plan._create_write_items
+    monkeypatch.setattr(dcp_save_plan, "_create_write_items",
+                        lambda fqn, value: planned_by_dcp.append(value) or dcp_create(fqn, value))
+    states = ({"model": get_model_state_dict(model)}, {"model": model.state_dict(keep_vars=True)},
+              {"optimizer": get_optimizer_state_dict(model, optimizer)})
+    with torch.set_grad_enabled(grad_enabled):
+        plans = []
+        for state in states:
+            ours, stock = dcp_save_plan.LocalShardsPlanner(), DefaultSavePlanner()
+            for planner in (ours, stock):
+                planner.set_up_planner(state, None, True)
+            plans.append(ours.create_local_plan())
+            assert plans[-1] == stock.create_local_plan()
+            for item in plans[-1].items:
+                if item.tensor_data is None:
+                    assert ours.resolve_data(item).getvalue() == stock.resolve_data(item).getvalue()
+                else:
+                    assert torch.equal(ours.resolve_data(item), stock.resolve_data(item))
+    # 2 weights and 2 biases; their AdamW states (4 x exp_avg, exp_avg_sq, step) and 12 values of the group
+    assert [len(plan.items) for plan in plans] == [4, 4, 24]
+    assert planned_by_dcp and not any(isinstance(value, DTensor) for value in planned_by_dcp)
+    assert {item.tensor_data.properties.requires_grad for item in plans[1].items} == {grad_enabled}

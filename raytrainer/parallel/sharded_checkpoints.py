@@ -29,6 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from ..checkpoints.layout import SHARDED_MODEL_DIR, SHARDED_OPTIMIZER_DIR
 from .dcp_io import CheckpointWriter, DirectReader
+from .dcp_save_plan import LocalShardsPlanner
 from .exact_load import load_exact, local_shard
 
 
@@ -48,7 +49,8 @@ def _save(state: dict, path: str) -> None:
     coordinator, which with one rank only pickled them back and forth (some 60 ms of a 605 MB
     save into memory). With more ranks the coordinator needs them to write the index."""
     with _no_dist_warning_off():
-        dcp.save(state, storage_writer=CheckpointWriter(path), checkpoint_id=path, no_dist=_one_rank())
+        dcp.save(state, storage_writer=CheckpointWriter(path), planner=LocalShardsPlanner(), checkpoint_id=path,
+                 no_dist=_one_rank())
 
 
 def _one_rank() -> bool:
