@@ -431,6 +431,22 @@ def test_printer_callback(capsys):
     assert logs == {"loss": 0.5, "total_flos": 3.0, "step": 2}  # the caller's dict is untouched
 
 
+def test_a_notebook_is_recognised_by_its_kernel_and_a_script_does_not_import_ipython(monkeypatch):
+    import sys
+    import types
+
+    from raytrainer.callbacks.notebook import in_notebook
+
+    class ZMQInteractiveShell:  # what a Jupyter kernel's shell is called
+        pass
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert in_notebook() is False and "IPython" not in sys.modules
+    for shell, expected in ((ZMQInteractiveShell(), True), (object(), False), (None, False)):
+        monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda shell=shell: shell))
+        assert in_notebook() is expected
+
+
 def test_notebook_table_rows_per_evaluation_and_live_updates():
     from raytrainer.callbacks import NotebookProgressCallback
 

@@ -6,12 +6,17 @@ table fills in while the workers train.
 """
 
 import html
+import sys
 import time
 
 from .base import TrainerCallback
 
 
 def in_notebook() -> bool:
+    # a Jupyter kernel has imported IPython before running any cell: without it this is no
+    # notebook, and importing it only to ask would cost a script some 40-100 ms
+    if "IPython" not in sys.modules:
+        return False
     try:
         from IPython import get_ipython
     except ImportError:
