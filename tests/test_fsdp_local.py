@@ -157,3 +157,39 @@ def _one_rank_group_ends_with_the_module():
         dist.destroy_process_group()
     if not had_local_rank:
         os.environ.pop("LOCAL_RANK", None)  # set for DeepSpeed's one-rank runs
+
+
+class _Payload:
+    marker = None
+
+    def __reduce__(self):
+        return (os.system, (f"touch {_Payload.marker}",))
+
+
+def test_a_deepspeed_checkpoint_that_carries_code_is_refused_on_resume(make_args, tmp_path, monkeypatch):
+    """DeepSpeed unpickles its checkpoint files; on resume they are read weights-only, with the
+    DeepSpeed classes its ZeRO checkpoints hold allowed (the first resume loads a real one)."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is an optional extra: pip install 'raytrainer[deepspeed]'")
+    import pickle
+
+    import deepspeed.ops
+
+    monkeypatch.setitem(deepspeed.ops.__compatible_ops__, "deepspeed_shm_comm", False)  # see the test above
+    config = {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto"}
+    first = _trainer(make_args, RegressionModel(), deepspeed=config, max_steps=3, bf16=True)
+    first.train()
+    folder = os.path.join(first.args.output_dir, "checkpoint-3")
+    resumed = _trainer(make_args, RegressionModel(), deepspeed=config, max_steps=4, bf16=True)
+    resumed.train(resume_from_checkpoint=folder)  # LossScaler, ZeroStageEnum, fragment_address: allowed
+    assert resumed.state.global_step == 4
+
+    states = os.path.join(folder, "global_step3", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    _Payload.marker = str(tmp_path / "ran")
+    tampered = torch.load(states, weights_only=False)
+    tampered["evil"] = _Payload()
+    torch.save(tampered, states)
+    with pytest.raises(pickle.UnpicklingError, match=r"Refusing to load .*optim_states\.pt: .*could run code"):
+        _trainer(make_args, RegressionModel(), deepspeed=config, max_steps=4, bf16=True).train(resume_from_checkpoint=folder)
+    assert not os.path.exists(_Payload.marker)
+    torch.load(states, weights_only=False)  # what DeepSpeed's own load would have done
+    assert os.path.exists(_Payload.marker)

@@ -21,12 +21,13 @@ _RESTORED_STATE_FIELDS = ("global_step", "epoch", "log_history", "best_metric", 
                           "best_model_checkpoint", "total_flos", "num_input_tokens_seen", "stateful_callbacks")
 
 
-def safe_load(path: str, map_location=None):
-    """``torch.load(weights_only=True)`` with errors that name the file."""
+def safe_load(path: str, map_location=None, allowed_globals=()):
+    """``torch.load(weights_only=True)`` with errors that name the file. ``allowed_globals``: plain
+    data classes the file's writer pickles (besides numpy's RNG state types), allowed by name."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"Checkpoint file {path} is missing.")
     try:
-        with torch.serialization.safe_globals(_numpy_rng_globals()):
+        with torch.serialization.safe_globals(_numpy_rng_globals() + list(allowed_globals)):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         raise pickle.UnpicklingError(

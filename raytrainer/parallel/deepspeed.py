@@ -5,7 +5,8 @@ scheduler when the config has them, else with the Trainer's own (``create_optimi
 ``create_scheduler``). The engine runs the backward pass (loss scaling), gradient accumulation
 (the boundary is set per micro-batch, so an epoch's short last window steps too), clipping and the
 optimizer step. Checkpoints are DeepSpeed's own (``global_step<N>/`` and ``latest`` inside
-``checkpoint-<N>/``), every rank writing its partition.
+``checkpoint-<N>/``), every rank writing its partition; DeepSpeed reads them back through our
+weights-only loader (``_weights_only_loads``), so a checkpoint cannot run code when a run resumes.
 """
 
 import contextlib
@@ -14,6 +15,7 @@ import os
 import torch
 
 from ..checkpoints.layout import DEEPSPEED_LATEST
+from ..checkpoints.reader import safe_load
 from ..checkpoints.weights import load_weights, read_state_dict, save_weights
 from ..nested import cast_floating
 from .deepspeed_config import build_config, zero_stage
@@ -117,15 +119,17 @@ class DeepSpeedStrategy(DataParallel):
         if not os.path.exists(os.path.join(folder, DEEPSPEED_LATEST)):
             raise ValueError(f"Checkpoint {folder} was not written by DeepSpeed (no '{DEEPSPEED_LATEST}' file); resume "
                              "it with the setting it was trained with, or start a new run from its weights.")
-        path, _ = self.engine.load_checkpoint(folder, load_optimizer_states=True, load_lr_scheduler_states=False)
+        with _weights_only_loads(self.engine):
+            path, _ = self.engine.load_checkpoint(folder, load_optimizer_states=True, load_lr_scheduler_states=False)
         if path is None:
             raise ValueError(f"DeepSpeed could not load the checkpoint in {folder} (written by a different number of "
                              "workers? DeepSpeed checkpoints resume on the worker count that wrote them).")
 
     def load_weights(self, trainer, folder: str) -> None:
         if os.path.exists(os.path.join(folder, DEEPSPEED_LATEST)):
-            self.engine.load_checkpoint(folder, load_optimizer_states=False, load_lr_scheduler_states=False,
-                                        load_module_only=True)
+            with _weights_only_loads(self.engine):
+                self.engine.load_checkpoint(folder, load_optimizer_states=False, load_lr_scheduler_states=False,
+                                            load_module_only=True)
         elif zero_stage(self.engine.config) == 3:
             import deepspeed
 
@@ -169,3 +173,40 @@ class EngineStepsScheduler:
 
     def load_state_dict(self, state):
         self.scheduler.load_state_dict(state)
+
+
+# DeepSpeed's checkpoint engines that read a checkpoint file with torch.load from its path
+_FILE_ENGINES = ("TorchCheckpointEngine", "FastCheckpointEngine", "DecoupledCheckpointEngine")
+
+
+@contextlib.contextmanager
+def _weights_only_loads(engine):
+    """DeepSpeed's own load of a checkpoint unpickles every file (``weights_only=False``), so a
+    checkpoint from elsewhere could run code on resume. For the block, the engine's checkpoint
+    engine reads each file with ``weights_only=True`` instead, allowing by name the few DeepSpeed
+    classes its checkpoints hold (listed from ZeRO stages 0-3 in fp32 and bf16, with and without
+    offload): anything else is refused with an error naming the file."""
+    files = engine.checkpoint_engine
+    if type(files).__name__ not in _FILE_ENGINES:
+        yield  # another engine reads from elsewhere, in its own format
+        return
+    allowed = _deepspeed_checkpoint_classes()
+    previous = vars(files).get("load")
+    files.load = lambda path, map_location=None: safe_load(path, map_location, allowed_globals=allowed)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del files.load  # the class's own method again
+        else:
+            files.load = previous
+
+
+def _deepspeed_checkpoint_classes() -> list:
+    """Plain-data classes DeepSpeed pickles into its checkpoints: the loss scaler (a static or a
+    dynamic one, as fp16 runs use), the ZeRO stage, the map of a flat partition's fragments."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
