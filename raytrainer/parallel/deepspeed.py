@@ -186,7 +186,7 @@ def _weights_only_loads(engine):
     engine reads each file with ``weights_only=True`` instead, allowing by name the few DeepSpeed
     classes its checkpoints hold (listed from ZeRO stages 0-3 in fp32 and bf16, with and without
     offload): anything else is refused with an error naming the file."""
-    files = engine.checkpoint_engine
+    files = getattr(engine, "checkpoint_engine", None)
     if type(files).__name__ not in _FILE_ENGINES:
         yield  # another engine reads from elsewhere, in its own format
         return
