@@ -14,7 +14,7 @@ from .base import TrainerCallback
 
 def in_notebook() -> bool:
     # a Jupyter kernel has imported IPython before running any cell: without it this is no
-    # notebook, and importing it only to ask would cost a script some 40-100 ms
+    # notebook, and importing it only to ask would cost a script some 40-50 ms
     if "IPython" not in sys.modules:
         return False
     try:

@@ -184,8 +184,8 @@ def _weights_only_loads(engine):
     """DeepSpeed's own load of a checkpoint unpickles every file (``weights_only=False``), so a
     checkpoint from elsewhere could run code on resume. For the block, the engine's checkpoint
     engine reads each file with ``weights_only=True`` instead, allowing by name the few DeepSpeed
-    classes its checkpoints hold (listed from ZeRO stages 0-3 in fp32 and bf16, with and without
-    offload): anything else is refused with an error naming the file."""
+    classes its checkpoints hold (listed from ZeRO stages 0-3 in fp32 and bf16, and ZeRO-2 with its
+    optimizer offloaded): anything else is refused with an error naming the file."""
     files = getattr(engine, "checkpoint_engine", None)
     if type(files).__name__ not in _FILE_ENGINES:
         yield  # another engine reads from elsewhere, in its own format
