@@ -3,8 +3,9 @@
 DCP's ``DefaultSavePlanner`` asks every DTensor for its write item and, when writing, for its
 local shard again: each ask goes through ``to_local()`` (an autograd call) and recomputes where
 the rank's shard lies in the whole tensor, although a model's layers repeat a few shapes and
-shardings. Here the shard's place is computed once per (shape, mesh, placements) and the local
-tensor is taken directly, for DTensors whose local part is a plain tensor; anything else (other
+shardings. Here the shard's place is computed once per (shape, mesh, placements), as the exact
+load does (``exact_load.shard_chunks``), and the local tensor is taken directly, for DTensors
+whose local part is a plain tensor; anything else (other
 tensor subclasses, ShardedTensors, plain values) goes through DCP's own code. The plan is the one
 DCP makes (the tests compare them item by item), so the files and the index are the same.
 """
@@ -16,10 +17,11 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex, TensorProperties
 from torch.distributed.checkpoint.planner import SavePlan, TensorWriteData, WriteItem, WriteItemType
 
+from .exact_load import shard_chunks
+
 try:  # private parts of torch: without them, DCP's own planner makes the whole plan
     from torch.distributed.checkpoint.planner_helpers import _create_write_items
     from torch.distributed.tensor import DTensor
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 except ImportError:
     _create_write_items = None
 
@@ -30,7 +32,7 @@ class LocalShardsPlanner(DefaultSavePlanner):
 
     def __init__(self):
         super().__init__()
-        self._places = {}  # (shape, mesh, placements) -> (local sizes, global offsets)
+        self._chunks = {}  # (shape, mesh, placements) -> this rank's chunks (shard_chunks)
 
     def create_local_plan(self) -> SavePlan:
         if _create_write_items is None:
@@ -49,12 +51,8 @@ class LocalShardsPlanner(DefaultSavePlanner):
         return plan
 
     def _shard_item(self, fqn: str, value, grad_enabled: bool) -> WriteItem:
-        key = (value.shape, value.device_mesh, tuple(value.placements))
-        place = self._places.get(key)
-        if place is None:
-            sizes, offsets = compute_local_shape_and_global_offset(*key)
-            place = self._places[key] = (torch.Size(sizes), torch.Size(offsets))
-        sizes, offsets = place
+        chunk = shard_chunks(value, self._chunks)[0]  # a plain local tensor is one chunk
+        offsets, sizes = chunk.offsets, chunk.sizes
         local = value._local_tensor
         # what DCP records is the properties of to_local()'s result: with grad enabled, an autograd
         # output that requires grad when the DTensor does; without, the local tensor itself

@@ -117,11 +117,7 @@ def _tensor_read(fqn: str, value: torch.Tensor, stored, storage_data, chunk_of: 
     """The read of ``value``'s local shard, when it is exactly one stored chunk of the same dtype."""
     if isinstance(value, DTensor):
         target = local_shard(value)
-        # the chunk depends on the global shape, mesh and placements alone: a model has few of them
-        key = (value.shape, value.device_mesh, value.placements)
-        if key not in chunk_of:
-            chunk_of[key] = value.__create_chunk_list__()
-        chunks = chunk_of[key]
+        chunks = shard_chunks(value, chunk_of)
         if len(chunks) != 1:
             return None
         offsets, sizes = tuple(chunks[0].offsets), tuple(chunks[0].sizes)
@@ -140,6 +136,17 @@ def _tensor_read(fqn: str, value: torch.Tensor, stored, storage_data, chunk_of: 
                 return None
             return _TensorRead(fqn, info.relative_path, info.offset, info.length, target)
     return None
+
+
+def shard_chunks(value: DTensor, known: dict) -> list:
+    """``value.__create_chunk_list__()``: where this rank's part of the DTensor lies in the whole.
+    It depends on the global shape, mesh and placements alone, and a model has few of them, so
+    each is computed once per ``known`` (a dict the caller keeps for one save or load)."""
+    key = (value.shape, value.device_mesh, tuple(value.placements))
+    chunks = known.get(key)
+    if chunks is None:
+        chunks = known[key] = value.__create_chunk_list__()
+    return chunks
 
 
 def local_shard(tensor: torch.Tensor) -> torch.Tensor:
