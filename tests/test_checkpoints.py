@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import RegressionDataset, RegressionModel
+from conftest import RegressionDataset, RegressionModel, RunsCode
 
 from raytrainer import EarlyStoppingCallback, Trainer
 from raytrainer.checkpoints import latest_complete_checkpoint, load_weights, weights
@@ -100,7 +100,7 @@ _CRASH_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import torch
     torch.set_num_threads({threads})  # the parent's: the test compares numbers across processes
-    from conftest import RegressionDataset, RegressionModel
+    from conftest import RegressionDataset, RegressionModel, RunsCode
     import raytrainer.checkpoints.writer as writer
     from raytrainer import Trainer, TrainingArguments
 
@@ -169,20 +169,15 @@ def test_mismatched_model_and_missing_files_name_the_problem(make_args):
         Trainer(model=RegressionModel(), args=args, train_dataset=RegressionDataset(8)).train(resume_from_checkpoint=folder)
 
 
-class _Payload:
-    def __reduce__(self):
-        return (os.system, (f"touch {_Payload.marker}",))
-
-
 def test_pickled_code_in_a_checkpoint_is_refused(make_args, tmp_path):
     args = make_args(max_steps=2, save_strategy="steps", save_steps=2)
     Trainer(model=RegressionModel(), args=args, train_dataset=RegressionDataset(8)).train()
     folder = os.path.join(args.output_dir, "checkpoint-2")
-    _Payload.marker = str(tmp_path / "pwned")
-    torch.save({"state": {}, "param_groups": [], "evil": _Payload()}, os.path.join(folder, "optimizer.pt"))
+    marker = str(tmp_path / "pwned")
+    torch.save({"state": {}, "param_groups": [], "evil": RunsCode(marker)}, os.path.join(folder, "optimizer.pt"))
     with pytest.raises(pickle.UnpicklingError, match="Refusing to load .*optimizer.pt"):
         Trainer(model=RegressionModel(), args=args, train_dataset=RegressionDataset(8)).train(resume_from_checkpoint=folder)
-    assert not os.path.exists(_Payload.marker)
+    assert not os.path.exists(marker)
 
 
 def test_sharded_safetensors_with_index(monkeypatch, tmp_path):

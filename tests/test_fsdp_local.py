@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from conftest import RegressionDataset, RegressionModel, assert_same_logs
+from conftest import RegressionDataset, RegressionModel, RunsCode, assert_same_logs
 
 from raytrainer import Trainer
 from raytrainer.checkpoints.weights import load_weights
@@ -159,13 +159,6 @@ def _one_rank_group_ends_with_the_module():
         os.environ.pop("LOCAL_RANK", None)  # set for DeepSpeed's one-rank runs
 
 
-class _Payload:
-    marker = None
-
-    def __reduce__(self):
-        return (os.system, (f"touch {_Payload.marker}",))
-
-
 def test_a_deepspeed_checkpoint_that_carries_code_is_refused_on_resume(make_args, tmp_path, monkeypatch):
     """DeepSpeed unpickles its checkpoint files; on resume they are read weights-only, with the
     DeepSpeed classes its ZeRO checkpoints hold allowed (the first resume loads a real one)."""
@@ -184,12 +177,12 @@ def test_a_deepspeed_checkpoint_that_carries_code_is_refused_on_resume(make_args
     assert resumed.state.global_step == 4
 
     states = os.path.join(folder, "global_step3", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt")
-    _Payload.marker = str(tmp_path / "ran")
+    marker = str(tmp_path / "ran")
     tampered = torch.load(states, weights_only=False)
-    tampered["evil"] = _Payload()
+    tampered["evil"] = RunsCode(marker)
     torch.save(tampered, states)
     with pytest.raises(pickle.UnpicklingError, match=r"Refusing to load .*optim_states\.pt: .*could run code"):
         _trainer(make_args, RegressionModel(), deepspeed=config, max_steps=4, bf16=True).train(resume_from_checkpoint=folder)
-    assert not os.path.exists(_Payload.marker)
+    assert not os.path.exists(marker)
     torch.load(states, weights_only=False)  # what DeepSpeed's own load would have done
-    assert os.path.exists(_Payload.marker)
+    assert os.path.exists(marker)

@@ -22,6 +22,7 @@ from raytrainer.parallel import sharded_checkpoints as sharded
 from _sharded_models import optimizer_values as _optimizer_values
 from _sharded_models import sharded_model as _sharded_model
 from _sharded_models import values as _values
+from conftest import RunsCode
 
 
 @pytest.fixture
@@ -313,16 +314,6 @@ def test_a_shard_larger_than_one_read_loads_whole(tmp_path, monkeypatch):
     assert fallbacks == [] and all(torch.equal(value, saved[name]) for name, value in _values(other).items())
 
 
-class _RunsCode:
-    """Pickles as a call of ``open``: whoever unpickles it creates the file ``marker``."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return open, (self.marker, "w")
-
-
 def test_an_index_that_names_code_is_refused_before_it_runs_and_nothing_loads(tmp_path):
     """DCP's own reader unpickles a checkpoint's index (``.metadata``) with ``pickle.load``: a folder
     from someone else could run code on a resume. Ours refuses any name an index does not hold."""
@@ -331,7 +322,7 @@ def test_an_index_that_names_code_is_refused_before_it_runs_and_nothing_loads(tm
     marker = tmp_path / "code-ran"
     for folder in ("pytorch_model_fsdp_0", "optimizer_0"):
         index = FileSystemReader(str(tmp_path / folder)).read_metadata()
-        index.planner_data = _RunsCode(str(marker))
+        index.planner_data = RunsCode(str(marker))
         (tmp_path / folder / ".metadata").write_bytes(pickle.dumps(index))
     FileSystemReader(str(tmp_path / "optimizer_0")).read_metadata()
     assert marker.exists()  # what DCP's own reader does with it
