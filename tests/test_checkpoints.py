@@ -100,7 +100,7 @@ _CRASH_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import torch
     torch.set_num_threads({threads})  # the parent's: the test compares numbers across processes
-    from conftest import RegressionDataset, RegressionModel, RunsCode
+    from conftest import RegressionDataset, RegressionModel
     import raytrainer.checkpoints.writer as writer
     from raytrainer import Trainer, TrainingArguments
 

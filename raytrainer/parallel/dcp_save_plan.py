@@ -5,9 +5,9 @@ local shard again: each ask goes through ``to_local()`` (an autograd call) and r
 the rank's shard lies in the whole tensor, although a model's layers repeat a few shapes and
 shardings. Here the shard's place is computed once per (shape, mesh, placements), as the exact
 load does (``exact_load.shard_chunks``), and the local tensor is taken directly, for DTensors
-whose local part is a plain tensor; anything else (other
-tensor subclasses, ShardedTensors, plain values) goes through DCP's own code. The plan is the one
-DCP makes (the tests compare them item by item), so the files and the index are the same.
+whose local part is a plain tensor; anything else (other tensor subclasses, ShardedTensors, plain
+values) goes through DCP's own code. The plan is the one DCP makes (the tests compare them item
+by item), so the files and the index are the same.
 """
 
 import dataclasses
